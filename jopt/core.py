@@ -1,0 +1,248 @@
+"""The functional core: the optax protocol, hyperparameters as data, tree checks.
+
+A transformation is optax's ``GradientTransformation``: a ``NamedTuple(init, update)`` with
+``init(params) -> state`` and ``update(updates, state, params=None, **extra) -> (updates, state)``.
+jopt uses optax's own protocol types, ``chain`` and ``apply_updates`` rather than copies of them,
+so a jopt transformation *is* an optax transformation: it drops into ``optax.chain``, flax's
+``TrainState`` and ``nnx.Optimizer``, and optax's transforms drop into ``jopt.chain``.
+
+What jopt adds here is ``inject_hyperparams`` with torch's conventions (every float
+hyperparameter, ``betas`` included, lives in ``state.hyperparams`` under torch's name) and the
+checks that make a mismatched gradient tree fail with the path that differs.
+"""
+
+from __future__ import annotations
+
+import inspect
+import numbers
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from optax import (
+    EmptyState,
+    GradientTransformation,
+    GradientTransformationExtraArgs,
+    apply_updates,
+    chain,
+    identity,
+)
+
+__all__ = [
+    "EmptyState",
+    "GradientTransformation",
+    "GradientTransformationExtraArgs",
+    "InjectHyperparamsState",
+    "Schedule",
+    "apply_updates",
+    "chain",
+    "check_tree_match",
+    "identity",
+    "inject_hyperparams",
+    "is_concrete",
+    "named_chain",
+]
+
+Schedule = Callable[[jax.Array], jax.Array]
+"""A learning-rate (or any hyperparameter) schedule: ``step -> value``, pure and jittable."""
+
+
+def is_concrete(x: Any) -> bool:
+    """True when ``x`` is a known value (not a tracer), so Python may branch on it."""
+    return not isinstance(x, jax.core.Tracer) and not callable(x)
+
+
+def is_zero(x: Any) -> bool:
+    """True only for a Python (or NumPy) number equal to 0; an array is never 'zero'.
+
+    Optimizers use it to leave out a term (``weight_decay == 0``) or a state buffer
+    (``momentum == 0``) exactly where torch leaves it out. Arrays are data that may change
+    between steps (``inject_hyperparams``), so they always keep their term: the tree of the
+    state must not depend on a value.
+    """
+    return isinstance(x, numbers.Real) and not isinstance(x, bool) and x == 0
+
+
+def named_chain(*transforms: GradientTransformation | None) -> GradientTransformationExtraArgs:
+    """``chain`` that skips ``None``: optimizers list optional terms inline."""
+    return chain(*(t for t in transforms if t is not None))
+
+
+# --------------------------------------------------------------------------------------------
+# Tree checks
+# --------------------------------------------------------------------------------------------
+
+
+def _describe(tree: Any) -> dict[str, tuple[tuple[int, ...], Any]]:
+    leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return {
+        jax.tree_util.keystr(path): (jnp.shape(leaf), jnp.result_type(leaf)) for path, leaf in leaves
+    }
+
+
+def check_tree_match(
+    tree: Any, reference: Any, *, what: str = "gradients", against: str = "parameters"
+) -> None:
+    """Raise ``ValueError`` naming the first path where ``tree`` and ``reference`` differ.
+
+    Structure and shapes are static under ``jit``, so the check costs nothing at run time.
+    """
+    if jax.tree.structure(tree) == jax.tree.structure(reference) and all(
+        jnp.shape(a) == jnp.shape(b) for a, b in zip(jax.tree.leaves(tree), jax.tree.leaves(reference))
+    ):
+        return
+    got, want = _describe(tree), _describe(reference)
+    missing = [k for k in want if k not in got]
+    extra = [k for k in got if k not in want]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(missing[:5])}")
+        if extra:
+            parts.append(f"unexpected {', '.join(extra[:5])}")
+        raise ValueError(
+            f"The {what} do not match the {against}: {'; '.join(parts)} "
+            f"({len(got)} {what} leaves, {len(want)} {against} leaves)."
+        )
+    for key, (shape, _) in want.items():
+        if got[key][0] != shape:
+            raise ValueError(
+                f"The {what} do not match the {against} at {key or '<root>'}: "
+                f"shape {got[key][0]} where the {against} have {shape}."
+            )
+    raise ValueError(  # Same leaves and shapes, different containers (e.g. list vs tuple).
+        f"The {what} do not match the {against}: tree structure "
+        f"{jax.tree.structure(tree)} where the {against} have {jax.tree.structure(reference)}."
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Hyperparameters as data
+# --------------------------------------------------------------------------------------------
+
+
+class InjectHyperparamsState(NamedTuple):
+    """State of :func:`inject_hyperparams`: the step count, the hyperparameters, the inner state."""
+
+    count: jax.Array
+    hyperparams: dict[str, Any]
+    inner_state: Any
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, numbers.Real | jax.Array) and not isinstance(x, bool)
+
+
+def _is_injectable(x: Any) -> bool:
+    """Floats, arrays, schedules, and tuples of them (torch's ``betas``)."""
+    if isinstance(x, tuple):
+        return len(x) > 0 and all(_is_number(v) or callable(v) for v in x)
+    return _is_number(x) or callable(x)
+
+
+def _as_array(x: Any, dtype: Any) -> jax.Array:
+    # A weakly typed scalar (what jnp.asarray makes of a Python float) keeps the jitted step's
+    # signature when the user later assigns a plain float: no recompilation.
+    if dtype is None and isinstance(x, numbers.Real):
+        return jnp.asarray(float(x))
+    return jnp.asarray(x, dtype=dtype)
+
+
+def inject_hyperparams(
+    factory: Callable[..., GradientTransformation],
+    static_args: str | Iterable[str] = (),
+    hyperparam_dtype: Any = None,
+) -> Callable[..., GradientTransformationExtraArgs]:
+    """Make the float hyperparameters of ``factory`` data held in the optimizer state.
+
+    ``inject_hyperparams(jopt.adam)(lr=1e-3)`` builds an optimizer whose
+    ``state.hyperparams`` is ``{"lr": ..., "betas": (..., ...), "eps": ..., "weight_decay": ...}``
+    — every float argument of ``factory`` under torch's name, defaults included. Assigning
+    ``state.hyperparams["lr"] = 0.01`` between calls of a jitted step takes effect at the next
+    step without recompiling, and a batch of states can be ``vmap``-ped over. A callable
+    argument is a schedule ``step -> value``, evaluated at the wrapper's own step count; its
+    current value is what ``state.hyperparams`` shows.
+
+    Booleans and strings stay static. A factory may name arguments in ``static_when_zero``
+    (SGD's ``momentum``): passed as a concrete ``0`` they stay static, so no momentum buffer is
+    allocated — as in torch, where the buffer exists only for ``momentum != 0``.
+
+    Construction calls ``factory`` once with the given values, so bad hyperparameters raise
+    torch's ``ValueError`` immediately.
+    """
+    static = {static_args} if isinstance(static_args, str) else set(static_args)
+    signature = inspect.signature(factory)
+
+    def wrapped(*args: Any, **kwargs: Any) -> GradientTransformationExtraArgs:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        values = dict(bound.arguments)
+        zero_static = {
+            k for k in getattr(factory, "static_when_zero", ()) if is_zero(values.get(k))
+        }
+        dynamic = {
+            k: v
+            for k, v in values.items()
+            if k not in static and k not in zero_static and _is_injectable(v)
+        }
+        fixed = {k: v for k, v in values.items() if k not in dynamic}
+        # Validate now, in torch's words, with the concrete values.
+        factory(**{**fixed, **{k: _initial(v) for k, v in dynamic.items()}})
+
+        def current(count: jax.Array, hyperparams: dict[str, Any]) -> dict[str, Any]:
+            def evaluate(spec: Any, held: Any) -> Any:
+                return _as_array(spec(count), hyperparam_dtype) if callable(spec) else held
+
+            out = {}
+            for k, spec in dynamic.items():
+                if isinstance(spec, tuple):
+                    out[k] = tuple(evaluate(s, h) for s, h in zip(spec, hyperparams[k]))
+                else:
+                    out[k] = evaluate(spec, hyperparams[k])
+            return out
+
+        def init(params: Any) -> InjectHyperparamsState:
+            count = jnp.zeros([], jnp.int32)
+            hyperparams = jax.tree.map(
+                lambda v: _as_array(v, hyperparam_dtype), _initial_tree(dynamic, count)
+            )
+            inner = factory(**fixed, **hyperparams)
+            return InjectHyperparamsState(count, hyperparams, inner.init(params))
+
+        def update(
+            updates: Any, state: InjectHyperparamsState, params: Any = None, **extra: Any
+        ) -> tuple[Any, InjectHyperparamsState]:
+            hyperparams = current(state.count, state.hyperparams)
+            inner = factory(**fixed, **hyperparams)
+            if isinstance(inner, GradientTransformationExtraArgs):
+                updates, inner_state = inner.update(updates, state.inner_state, params, **extra)
+            else:
+                updates, inner_state = inner.update(updates, state.inner_state, params)
+            count = optax.safe_increment(state.count)
+            return updates, InjectHyperparamsState(count, hyperparams, inner_state)
+
+        return GradientTransformationExtraArgs(init, update)
+
+    wrapped.__doc__ = factory.__doc__
+    wrapped.__name__ = getattr(factory, "__name__", "wrapped")
+    wrapped.__signature__ = signature  # type: ignore[attr-defined]
+    return wrapped
+
+
+def _initial(spec: Any) -> Any:
+    """The value a hyperparameter starts at: a schedule's value at step 0."""
+    if isinstance(spec, tuple):
+        return tuple(_initial(s) for s in spec)
+    return spec(0) if callable(spec) else spec
+
+
+def _initial_tree(dynamic: dict[str, Any], count: jax.Array) -> dict[str, Any]:
+    def first(spec: Any) -> Any:
+        return spec(count) if callable(spec) else spec
+
+    return {
+        k: tuple(first(s) for s in v) if isinstance(v, tuple) else first(v)
+        for k, v in dynamic.items()
+    }
