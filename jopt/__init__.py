@@ -5,6 +5,7 @@ that follows ``torch.optim.Adam`` step for step; ``jopt.inject_hyperparams`` mak
 hyperparameters data; ``jopt.optim`` is the ``torch.optim``-style facade on top.
 """
 
+from jopt import schedules
 from jopt.core import (
     EmptyState,
     GradientTransformation,
@@ -18,6 +19,7 @@ from jopt.core import (
     inject_hyperparams,
 )
 from jopt.optimizers import adagrad, adam, adamw, momentum, rmsprop, sgd
+from jopt.plateau import ReduceOnPlateauState, plateau_step, reduce_on_plateau
 from jopt.transforms import (
     ScaleByAdagradState,
     ScaleByAdamState,
@@ -44,6 +46,7 @@ __all__ = [
     "GradientTransformation",
     "GradientTransformationExtraArgs",
     "InjectHyperparamsState",
+    "ReduceOnPlateauState",
     "Schedule",
     "ScaleByAdagradState",
     "ScaleByAdamState",
@@ -63,12 +66,15 @@ __all__ = [
     "identity",
     "inject_hyperparams",
     "momentum",
+    "plateau_step",
+    "reduce_on_plateau",
     "rmsprop",
     "scale",
     "scale_by_adagrad",
     "scale_by_adam",
     "scale_by_learning_rate",
     "scale_by_rms",
+    "schedules",
     "sgd",
     "skip_nonfinite",
     "trace",
