@@ -1,0 +1,122 @@
+"""Shared test helpers: a fixed parameter tree, a smooth nonconvex loss, torch's optimizers.
+
+The loss is written once for any array module with ``cos``, so jax and torch compute the same
+function; gradients come from each framework's own autodiff.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import jax
+import numpy as np
+import pytest
+
+# A dict of differently shaped leaves: a matrix, a vector, a one-element array and a 3-d array.
+SHAPES = {"w": (4, 3), "b": (3,), "s": (1,), "t": (2, 3, 2)}
+
+# Relative tolerance against torch per dtype; see ``assert_tree_close`` for the scale it uses.
+RTOL = {"float32": 1e-5, "float64": 1e-10}
+
+
+def make_params(dtype: Any = "float32", seed: int = 0) -> dict[str, np.ndarray]:
+    """Deterministic parameters in [-1.5, -0.5] U [0.5, 1.5], one leaf per entry of SHAPES."""
+    rng = np.random.default_rng(seed)
+    return {
+        k: (rng.uniform(0.5, 1.5, shape) * rng.choice([-1.0, 1.0], shape)).astype(dtype)
+        for k, shape in SHAPES.items()
+    }
+
+
+def loss(params: dict[str, Any], xp: Any) -> Any:
+    """A smooth nonconvex function of all leaves, for ``xp`` = ``jax.numpy`` or ``torch``.
+
+    Each leaf sits in a cosine landscape with a weak quadratic pull; the last term couples the
+    leaves, so a mix-up between them changes every gradient.
+    """
+    total = 0.0
+    coupling = 0.0
+    for i, key in enumerate(sorted(params)):
+        x = params[key]
+        total = total + (-xp.cos(3 * x + i) / 3 + 0.05 * x * x).sum()
+        coupling = coupling + x.sum()
+    return total + 0.005 * coupling * coupling
+
+
+def torch_grads(tparams: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The gradient of :func:`loss` at torch parameters, as NumPy arrays (also set as ``.grad``)."""
+    import torch
+
+    leaves = {k: v.detach().requires_grad_(True) for k, v in tparams.items()}
+    value = loss(leaves, torch)
+    grads = torch.autograd.grad(value, list(leaves.values()))
+    for t, g in zip(tparams.values(), grads):
+        t.grad = g.detach().clone()
+    return {k: g.detach().numpy().copy() for k, g in zip(leaves, grads)}
+
+
+def to_torch(params: dict[str, np.ndarray]) -> dict[str, Any]:
+    import torch
+
+    return {k: torch.tensor(np.array(v), requires_grad=True) for k, v in params.items()}
+
+
+def from_torch(tparams: dict[str, Any]) -> dict[str, np.ndarray]:
+    return {k: v.detach().numpy().copy() for k, v in tparams.items()}
+
+
+# The jopt factory name -> (torch class name, torch arguments jopt's defaults stand for).
+TORCH_CLASS = {
+    "sgd": ("SGD", {}),
+    "momentum": ("SGD", {"momentum": 0.9}),
+    "adam": ("Adam", {}),
+    "adamw": ("AdamW", {}),
+    "rmsprop": ("RMSprop", {}),
+    "adagrad": ("Adagrad", {}),
+}
+
+
+def torch_optimizer(name: str, params: Any, **kwargs: Any) -> Any:
+    """``torch.optim`` counterpart of ``jopt.<name>(**kwargs)`` over ``params``."""
+    import torch
+
+    cls, implied = TORCH_CLASS[name]
+    return getattr(torch.optim, cls)(params, **{**implied, **kwargs})
+
+
+def assert_tree_close(
+    actual: Any, desired: Any, rtol: float, what: str = "", scale: Any = None
+) -> None:
+    """Leafwise ``|actual - desired| <= rtol * max(|desired|, leaf scale)``.
+
+    The leaf scale is the largest magnitude in the ``desired`` leaf and, if given, in the leaf
+    of ``scale`` (e.g. the initial parameters): rounding errors made while a parameter was large
+    stay when it shrinks, so an entry near zero is held to the precision of its trajectory, not to
+    a bound no float arithmetic could meet.
+    """
+    got, got_def = jax.tree_util.tree_flatten_with_path(actual)
+    want, want_def = jax.tree_util.tree_flatten_with_path(desired)
+    assert got_def == want_def, f"{what}: tree {got_def} != {want_def}"
+    scales = jax.tree.leaves(scale) if scale is not None else [0.0] * len(want)
+    for (path, a), (_, d), s in zip(got, want, scales):
+        a, d = np.asarray(a, np.float64), np.asarray(d, np.float64)
+        assert a.shape == d.shape, f"{what} {jax.tree_util.keystr(path)}: {a.shape} != {d.shape}"
+        size = max(np.max(np.abs(d), initial=0.0), np.max(np.abs(np.asarray(s, np.float64))))
+        np.testing.assert_allclose(
+            a, d, rtol=rtol, atol=rtol * size, err_msg=f"{what} {jax.tree_util.keystr(path)}"
+        )
+
+
+@contextlib.contextmanager
+def precision(dtype: str):
+    """Run jax in 64-bit mode for float64 (locally: the rest of the suite stays in 32 bits)."""
+    with jax.enable_x64(dtype == "float64"):
+        yield
+
+
+@pytest.fixture(params=["float32", "float64"])
+def dtype(request: pytest.FixtureRequest):
+    """Each test with this fixture runs in float32 and float64 (jax's x64 mode, locally)."""
+    with precision(request.param):
+        yield request.param
