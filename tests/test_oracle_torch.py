@@ -12,8 +12,6 @@ import inspect
 import jax
 import jax.numpy as jnp
 import pytest
-
-import jopt
 from conftest import (
     RTOL,
     TORCH_CLASS,
@@ -24,6 +22,8 @@ from conftest import (
     torch_grads,
     torch_optimizer,
 )
+
+import jopt
 
 torch = pytest.importorskip("torch", reason="the oracle tests compare against torch.optim")
 
