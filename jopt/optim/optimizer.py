@@ -147,6 +147,8 @@ class Optimizer:
                 self._owned[id(leaf)] = weakref.ref(leaf)
         index = len(self.param_groups)
         self.param_groups.append(group)
+        # Given one tree, the user sees one tree; once there are several groups, a list of them.
+        self._grouped = getattr(self, "_grouped", False) or index > 0
         self._layouts.append(layout)
         self._hp_cache.append((None, {}))
         self._static.append(self._signature()[index])
