@@ -57,11 +57,11 @@ class Optimizer:
         self._layouts: list[Layout] = []
         self._flat: list[Flat] = []
         self._states: list[Any] = []
-        self._hp_cache: list[tuple[Any, dict[str, Any]]] = []
+        self._args: list[tuple[Any, ...] | None] = []  # per group: (snapshot, static, arrays)
         self._owned: dict[int, weakref.ref] = {}
         self._grad: list[Flat] | None = None
         self._compiled: dict[Any, Callable] = {}
-        self._static: list[tuple[Any, ...]] = []  # each group's static arguments, as last built
+        self._built: list[tuple[Any, ...]] = []  # each group's static arguments its state has
         self._traces = 0  # how many times a step was traced (= compiled); read by tests
         self._params_cache: Any = None
 
@@ -107,22 +107,42 @@ class Optimizer:
                 dynamic[key] = value
         return static, dynamic
 
-    def _hyperparams(self, index: int) -> dict[str, Any]:
-        """The group's dynamic hyperparameters as arrays, re-made only when a value changed."""
-        _, dynamic = self._split(self.param_groups[index])
-        key = tuple((k, _hashable(v)) for k, v in dynamic.items())
-        cached_key, arrays = self._hp_cache[index]
-        if key != cached_key:
+    def _group_args(self, index: int) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """(static items, hyperparameter arrays) of a group, re-made only when a value changed.
+
+        Called at every step, so the common case is one tuple comparison.
+        """
+        group = self.param_groups[index]
+        snapshot = tuple(_hashable(group[k]) for k in self._keys())
+        cached = self._args[index]
+        if cached is None or cached[0] != snapshot:
+            static, dynamic = self._split(group)
             arrays = jax.tree.map(lambda v: jnp.asarray(float(v)), dynamic)
-            self._hp_cache[index] = (key, arrays)
-        return arrays
+            cached = (snapshot, tuple(sorted(static.items())), arrays)
+            self._args[index] = cached
+        return cached[1], cached[2]
 
     def _transform(self, index: int, hyperparams: dict[str, Any]) -> GradientTransformation:
-        static, _ = self._split(self.param_groups[index])
-        return self.functional(**static, **hyperparams)
+        static, _ = self._group_args(index)
+        return self.functional(**dict(static), **hyperparams)
 
-    def _signature(self) -> tuple[Any, ...]:
-        return tuple(tuple(sorted(self._split(g)[0].items())) for g in self.param_groups)
+    def _prepare(self) -> tuple[tuple[Any, ...], list[dict[str, Any]]]:
+        """Every group's static arguments and hyperparameter arrays for the next step.
+
+        A group whose static arguments changed (torch: momentum 0 -> 0.9) gets its state
+        rebuilt: the parts the new chain still has (same state type) are kept, a new part
+        starts fresh, as torch creates a missing buffer at the next step.
+        """
+        statics, hps = [], []
+        for i in range(len(self.param_groups)):
+            static, arrays = self._group_args(i)
+            if static != self._built[i]:
+                template = self._transform(i, arrays).init(self._flat[i])
+                self._states[i] = _transplant(self._states[i], template)
+                self._built[i] = static
+            statics.append(static)
+            hps.append(arrays)
+        return tuple(statics), hps
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group of parameters, with its own hyperparameters (torch's semantics)."""
@@ -150,10 +170,11 @@ class Optimizer:
         # Given one tree, the user sees one tree; once there are several groups, a list of them.
         self._grouped = getattr(self, "_grouped", False) or index > 0
         self._layouts.append(layout)
-        self._hp_cache.append((None, {}))
-        self._static.append(self._signature()[index])
+        self._args.append(None)
+        static, arrays = self._group_args(index)
+        self._built.append(static)
         self._flat.append(jax.jit(layout.flatten)(tree))
-        self._states.append(self._transform(index, self._hyperparams(index)).init(self._flat[-1]))
+        self._states.append(self._transform(index, arrays).init(self._flat[-1]))
         self._grad = None
         self._params_cache = None
         layouts = tuple(self._layouts)
@@ -204,8 +225,10 @@ class Optimizer:
 
         return jax.value_and_grad(objective, has_aux=has_aux)(flats)
 
-    def _compile(self, kind: str, loss_fn: Callable | None = None, has_aux: bool = False):
-        key = (kind, loss_fn, has_aux, self._signature(), tuple(map(id, self._layouts)))
+    def _compile(
+        self, kind: str, statics: tuple[Any, ...], loss_fn: Callable | None = None, has_aux=False
+    ) -> Callable:
+        key = (kind, loss_fn, has_aux, statics, len(self._layouts))
         if key in self._compiled:
             return self._compiled[key]
 
@@ -239,23 +262,6 @@ class Optimizer:
         self._compiled[key] = fn
         return fn
 
-    def _all_hyperparams(self) -> list[dict[str, Any]]:
-        self._refresh_structure()
-        return [self._hyperparams(i) for i in range(len(self.param_groups))]
-
-    def _refresh_structure(self) -> None:
-        """Re-init the state of a group whose static arguments changed (torch: momentum 0 -> 0.9).
-
-        Parts of the old state that the new chain still has (same state type) are kept; a new
-        part starts fresh, as torch creates a missing buffer at the next step.
-        """
-        signature = self._signature()
-        for i, static in enumerate(signature):
-            if static != self._static[i]:
-                template = self._transform(i, self._hyperparams(i)).init(self._flat[i])
-                self._states[i] = _transplant(self._states[i], template)
-                self._static[i] = static
-
     def step(self, closure: Any = None, *args: Any, has_aux: bool = False, **kwargs: Any) -> Any:
         """Apply one update.
 
@@ -265,10 +271,12 @@ class Optimizer:
         - ``step()``: use the gradients accumulated by :meth:`backward` (a no-op if none, as
           torch skips parameters without ``.grad``).
         """
-        hps = self._all_hyperparams()
+        if closure is None and self._grad is None:
+            return None
+        statics, hps = self._prepare()
         result = None
         if callable(closure):
-            fn = self._compile("closure", closure, has_aux)
+            fn = self._compile("closure", statics, closure, has_aux)
             result, self._flat, self._states = fn(
                 self._flat, self._states, hps, self._rest_state(), args, kwargs
             )
@@ -283,14 +291,12 @@ class Optimizer:
             for layout, grad in zip(self._layouts, grads):
                 check_tree_match(grad, layout.skeleton())
                 leaves.append(layout.treedef.flatten_up_to(grad))
-            self._flat, self._states = self._compile("grads")(self._flat, self._states, hps, leaves)
-        elif self._grad is not None:
-            grads, self._grad = self._grad, None
-            self._flat, self._states = self._compile("flat_grads")(
-                self._flat, self._states, hps, grads
-            )
+            fn = self._compile("grads", statics)
+            self._flat, self._states = fn(self._flat, self._states, hps, leaves)
         else:
-            return None
+            grads, self._grad = self._grad, None
+            fn = self._compile("flat_grads", statics)
+            self._flat, self._states = fn(self._flat, self._states, hps, grads)
         self._sync_module()
         return result
 
@@ -299,7 +305,7 @@ class Optimizer:
 
         torch's ``loss.backward()``: gradients add up until :meth:`zero_grad`. Returns the loss.
         """
-        fn = self._compile("backward", loss_fn, has_aux)
+        fn = self._compile("backward", (), loss_fn, has_aux)
         loss, self._grad = fn(self._flat, self._grad, self._rest_state(), args, kwargs)
         return loss
 
@@ -363,9 +369,10 @@ class Optimizer:
         for i, (saved, layout) in enumerate(zip(saved_groups, self._layouts)):
             self.param_groups[i] = {k: _plain(v) for k, v in saved.items() if k != "params"}
             entries = [saved_state.get(int(p), {}) for p in saved["params"]]
-            template = self._transform(i, self._hyperparams(i)).init(self._flat[i])
+            static, arrays = self._group_args(i)
+            template = self._transform(i, arrays).init(self._flat[i])
             self._states[i] = _from_torch(template, entries, layout)
-            self._static[i] = self._signature()[i]
+            self._built[i] = static
         self._grad = None
 
 
