@@ -271,7 +271,9 @@ def polynomial_lr(lr: Scalar, total_iters: int = 5, power: Scalar = 1.0) -> Sche
         return constant(lr)
 
     def rule(xp: Any, t: Any) -> Any:
-        return lr * (1.0 - xp.minimum(total_iters, t) / total_iters) ** power
+        # (T - min(T, t)) / T rather than torch's 1 - min(T, t) / T: the same number in float64
+        # (to rounding), and exactly 0 at the end in float32, where XLA divides by reciprocal.
+        return lr * ((total_iters - xp.minimum(total_iters, t)) / total_iters) ** power
 
     return _schedule(rule, lr, total_iters, power)
 
@@ -453,6 +455,9 @@ def _cyclic(
         height = xp.where(x <= step_ratio, x / step_ratio, (x - 1) / (step_ratio - 1))
         arg = cycle if scale_mode == "cycle" else t
         if scale_fn is not None:
+            if xp is np and np.ndim(arg) == 0:
+                arg = float(arg)  # a host step: the Python number torch passes
+                arg = int(arg) if arg.is_integer() else arg
             scale = scale_fn(arg)
         elif mode == "triangular":
             scale = 1.0
