@@ -223,18 +223,18 @@ def trace(
     def update(updates: Any, state: TraceState, params: Any = None) -> tuple[Any, TraceState]:
         del params
         check_tree_match(updates, state.momentum_buffer, against="momentum buffers")
-        first = state.count == 0
+        first = state.count == 0  # counts the steps taken with momentum: torch's buffer is None
+        off = jnp.asarray(momentum) == 0  # torch skips the momentum branch entirely
 
         def leaf(g: jax.Array, buf: jax.Array) -> tuple[jax.Array, jax.Array]:
             mu = _c(momentum, g)
             new = jnp.where(first, g, buf * mu + g * _c(1 - jnp.asarray(dampening), g))
             out = g + new * mu if nesterov else new
-            off = mu == 0  # torch skips the momentum branch entirely
             return jnp.where(off, g, out), jnp.where(off, buf, new)
 
         pairs = jax.tree.map(leaf, updates, state.momentum_buffer)
         out, bufs = _unzip(pairs, updates)
-        return out, TraceState(_increment(state.count), bufs)
+        return out, TraceState(jnp.where(off, state.count, _increment(state.count)), bufs)
 
     return GradientTransformation(init, update)
 
