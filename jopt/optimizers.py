@@ -31,9 +31,13 @@ Scalar = float | jax.Array
 LearningRate = float | jax.Array | Schedule
 
 
-def _check(value: Any, ok: Callable[[float], bool], message: str) -> None:
-    """torch's argument check, for values known at construction (not tracers or schedules)."""
-    if is_concrete(value) and not ok(float(value)):
+def _check(value: Any, ok: Callable[[Any], bool], message: str) -> None:
+    """torch's argument check, for values known at construction (not tracers or schedules).
+
+    Like torch it compares the value itself, so a value that is no number (``"0.1"``,
+    ``None``) raises torch's ``TypeError`` rather than passing as ``float("0.1")``.
+    """
+    if is_concrete(value) and not ok(float(value) if isinstance(value, jax.Array) else value):
         raise ValueError(message)
 
 
