@@ -2,8 +2,8 @@
 
 A transformation is optax's ``GradientTransformation``: a ``NamedTuple(init, update)`` with
 ``init(params) -> state`` and ``update(updates, state, params=None, **extra) -> (updates, state)``.
-jopt uses optax's own protocol types, ``chain`` and ``apply_updates`` rather than copies of them,
-so a jopt transformation *is* an optax transformation: it drops into ``optax.chain``, flax's
+jopt uses optax's own protocol types, ``chain`` and ``apply_updates`` (behind a shape check)
+rather than copies of them, so a jopt transformation *is* an optax transformation: it drops into ``optax.chain``, flax's
 ``TrainState`` and ``nnx.Optimizer``, and optax's transforms drop into ``jopt.chain``.
 
 What jopt adds here is ``inject_hyperparams`` with torch's conventions (every float
@@ -25,7 +25,6 @@ from optax import (
     EmptyState,
     GradientTransformation,
     GradientTransformationExtraArgs,
-    apply_updates,
     chain,
     identity,
 )
@@ -116,6 +115,17 @@ def check_tree_match(
         f"The {what} do not match the {against}: tree structure "
         f"{jax.tree.structure(tree)} where the {against} have {jax.tree.structure(reference)}."
     )
+
+
+def apply_updates(params: Any, updates: Any) -> Any:
+    """``optax.apply_updates``: ``p + u`` in each parameter's dtype.
+
+    The updates are first checked against the parameters (free under ``jit``): an update of
+    the wrong shape would otherwise broadcast into its parameter without a word.
+    """
+    if not any(u is None for u in jax.tree.leaves(updates, is_leaf=lambda x: x is None)):
+        check_tree_match(updates, params, what="updates")
+    return optax.apply_updates(params, updates)
 
 
 # --------------------------------------------------------------------------------------------
