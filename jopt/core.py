@@ -3,8 +3,9 @@
 A transformation is optax's ``GradientTransformation``: a ``NamedTuple(init, update)`` with
 ``init(params) -> state`` and ``update(updates, state, params=None, **extra) -> (updates, state)``.
 jopt uses optax's own protocol types, ``chain`` and ``apply_updates`` (behind a shape check)
-rather than copies of them, so a jopt transformation *is* an optax transformation: it drops into ``optax.chain``, flax's
-``TrainState`` and ``nnx.Optimizer``, and optax's transforms drop into ``jopt.chain``.
+rather than copies of them, so a jopt transformation *is* an optax transformation: it drops into
+``optax.chain``, flax's ``TrainState`` and ``nnx.Optimizer``, and optax's transforms drop into
+``jopt.chain``.
 
 What jopt adds here is ``inject_hyperparams`` with torch's conventions (every float
 hyperparameter, ``betas`` included, lives in ``state.hyperparams`` under torch's name) and the
@@ -77,7 +78,8 @@ def named_chain(*transforms: GradientTransformation | None) -> GradientTransform
 def _describe(tree: Any) -> dict[str, tuple[tuple[int, ...], Any]]:
     leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
     return {
-        jax.tree_util.keystr(path): (jnp.shape(leaf), jnp.result_type(leaf)) for path, leaf in leaves
+        jax.tree_util.keystr(path): (jnp.shape(leaf), jnp.result_type(leaf))
+        for path, leaf in leaves
     }
 
 
@@ -89,7 +91,8 @@ def check_tree_match(
     Structure and shapes are static under ``jit``, so the check costs nothing at run time.
     """
     if jax.tree.structure(tree) == jax.tree.structure(reference) and all(
-        jnp.shape(a) == jnp.shape(b) for a, b in zip(jax.tree.leaves(tree), jax.tree.leaves(reference))
+        jnp.shape(a) == jnp.shape(b)
+        for a, b in zip(jax.tree.leaves(tree), jax.tree.leaves(reference))
     ):
         return
     got, want = _describe(tree), _describe(reference)

@@ -42,7 +42,7 @@ def _check(value: Any, ok: Callable[[Any], bool], message: str) -> None:
 
 
 def _nonneg(value: Any, what: str) -> None:
-    _check(value, lambda v: 0.0 <= v, f"Invalid {what}: {value}")
+    _check(value, lambda v: v >= 0.0, f"Invalid {what}: {value}")
 
 
 def _optimizer(*transforms: GradientTransformation | None) -> GradientTransformationExtraArgs:
@@ -201,7 +201,8 @@ def adagrad(
     """Adagrad, ``torch.optim.Adagrad``.
 
     ``g <- g + weight_decay * p``; ``sum <- sum + g^2`` (starting at
-    ``initial_accumulator_value``); ``p <- p - lr / (1 + (t - 1) * lr_decay) * g / (sqrt(sum) + eps)``.
+    ``initial_accumulator_value``);
+    ``p <- p - lr / (1 + (t - 1) * lr_decay) * g / (sqrt(sum) + eps)``.
     """
     _nonneg(lr, "learning rate")
     _nonneg(lr_decay, "lr_decay value")

@@ -158,7 +158,7 @@ def clip_by_global_norm(max_norm: float | jax.Array) -> GradientTransformation:
         acc = jnp.result_type(jnp.float32, *leaves)
         total = jnp.sqrt(sum(jnp.sum(jnp.square(u.astype(acc))) for u in leaves))
         coef = jnp.minimum(jnp.asarray(max_norm, acc) / (total + 1e-6), 1.0)
-        return jax.tree.map(lambda u: (u * coef.astype(u.dtype)), updates), state
+        return jax.tree.map(lambda u: u * coef.astype(u.dtype), updates), state
 
     return GradientTransformation(init, update)
 
