@@ -19,6 +19,7 @@ from jopt.optim.lr_scheduler.base import (
     _per_group,
     _set_momentum,
 )
+from jopt.schedules.cycles import one_cycle_momentum_value, one_cycle_value
 
 
 def _momentum_setup(
@@ -203,9 +204,9 @@ class OneCycleLR(LRScheduler):
         with np.errstate(all="ignore"):
             for group in self.optimizer.param_groups:
                 ends = (group["initial_lr"], group["max_lr"], group["min_lr"])
-                lrs.append(_host(schedules.one_cycle_value(np, np.float64(t), *phases, *ends)))
+                lrs.append(_host(one_cycle_value(np, np.float64(t), *phases, *ends)))
                 if self.cycle_momentum:
-                    value = schedules.one_cycle_momentum_value(
+                    value = one_cycle_momentum_value(
                         np, np.float64(t), *phases, group["base_momentum"], group["max_momentum"]
                     )
                     _set_momentum(group, _host(value), self.use_beta1)
