@@ -640,3 +640,29 @@ def test_epoch_argument_uses_closed_form_like_torch() -> None:
                 ts.step(epoch)
                 js.step(epoch)
                 np.testing.assert_allclose(js.get_last_lr(), ts.get_last_lr(), rtol=RTOL)
+
+
+RESUMED = [
+    lambda L, o, e: L.StepLR(o, 3, 0.5, last_epoch=e),
+    lambda L, o, e: L.MultiStepLR(o, [2, 6, 6], 0.5, last_epoch=e),
+    lambda L, o, e: L.ExponentialLR(o, 0.9, last_epoch=e),
+    lambda L, o, e: L.ConstantLR(o, 0.2, 6, last_epoch=e),
+    lambda L, o, e: L.LinearLR(o, 0.2, 1.0, 10, last_epoch=e),
+    lambda L, o, e: L.PolynomialLR(o, 10, 2.0, last_epoch=e),
+    lambda L, o, e: L.CosineAnnealingLR(o, 7, 0.01, last_epoch=e),
+    lambda L, o, e: L.CosineAnnealingWarmRestarts(o, 3, 2, last_epoch=e),
+]
+
+
+@pytest.mark.parametrize("build", RESUMED, ids=range(len(RESUMED)))
+def test_resume_with_last_epoch_like_torch(build: Callable) -> None:
+    """A scheduler constructed with ``last_epoch >= 0`` on groups that carry ``initial_lr``
+    (and a current ``lr`` of their own) goes on as torch's does, quirks included."""
+    tgroup = {"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 0.05, "initial_lr": 0.1}
+    topt = torch.optim.SGD([tgroup], momentum=0.9)
+    jopt_ = jopt.optim.SGD([{"params": {"w": jnp.zeros(1)}, "lr": 0.05, "initial_lr": 0.1}])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = trajectory(build(TL, topt, 5), topt, 12)
+        ours = trajectory(build(JL, jopt_, 5), jopt_, 12)
+    np.testing.assert_allclose(ours[:, 0], theirs[:, 0], rtol=RTOL, atol=1e-15)
