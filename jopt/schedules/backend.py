@@ -16,11 +16,6 @@ Scalar = float | jax.Array
 Step = int | jax.Array
 
 
-# --------------------------------------------------------------------------------------------
-# Backend selection: one formula, NumPy float64 for host numbers, jax.numpy otherwise
-# --------------------------------------------------------------------------------------------
-
-
 def is_host(x: Any) -> bool:
     """A Python or NumPy number (or NumPy array): evaluated in float64 on the host."""
     return isinstance(x, numbers.Number | np.ndarray | np.generic)
@@ -32,11 +27,13 @@ def as_float(x: Any) -> Any:
 
 
 def host_result(x: Any) -> Any:
+    """A host value as ``numpy.float64`` (a ``float``), or a float64 array for array steps."""
     out = np.asarray(x, dtype=np.float64)
     return out[()] if out.ndim == 0 else out
 
 
 def jax_result(x: Any) -> jax.Array:
+    """A traced value as a JAX array of a floating dtype."""
     out = jnp.asarray(x)
     if not jnp.issubdtype(out.dtype, jnp.floating):
         out = out.astype(jnp.result_type(float))
@@ -62,4 +59,5 @@ def check(value: Any, ok: Callable[[float], bool], message: str) -> None:
 
 
 def is_zero(x: Any) -> bool:
+    """A concrete 0 (a special case torch's schedulers have), never a tracer."""
     return isinstance(x, numbers.Real) and x == 0

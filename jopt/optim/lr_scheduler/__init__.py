@@ -13,7 +13,7 @@ around ``eta_min``; the others (``LambdaLR``, ``CyclicLR``, ``OneCycleLR``, warm
 rate from the base rate, as torch does. ``step(epoch)`` (deprecated in torch) uses the closed form.
 """
 
-from jopt.optim.lr_scheduler.base import EPOCH_DEPRECATION_WARNING, LRScheduler
+from jopt.optim.lr_scheduler.base import LRScheduler
 from jopt.optim.lr_scheduler.closed_form import (
     ConstantLR,
     CosineAnnealingLR,
@@ -29,7 +29,6 @@ from jopt.optim.lr_scheduler.lambdas import LambdaLR, MultiplicativeLR
 from jopt.optim.lr_scheduler.plateau import ReduceLROnPlateau
 
 __all__ = [
-    "EPOCH_DEPRECATION_WARNING",
     "ChainedScheduler",
     "ConstantLR",
     "CosineAnnealingLR",
