@@ -1,0 +1,601 @@
+"""Compiled training: a donated train step, an epoch as one ``lax.scan``, ``fit`` and ``sweep``.
+
+Everything runs on the pure form of the model, ``(graphdef, params)``: the parameters, the
+optimizer state, the epoch counter and the shuffling key form a ``TrainState`` pytree, and an
+epoch is a pure function of it — shuffle with ``jax.random``, gather the batches, ``scan`` the
+train step over them, evaluate on the test set. ``Trainer`` compiles ``epochs`` of that (one
+XLA program, the state's buffers donated) and ``vmap``-s it for sweeps, where a batch of
+states differs only in data (learning rates, weight decays, seeds), so K runs are one compile.
+
+Learning rates: an optimizer built with a schedule (``jopt.adam(lr=schedule)``) follows it by
+itself. A ``Trainer`` given ``lr_schedule=(base_lr, step) -> lr`` instead writes the learning
+rate into the optimizer's ``inject_hyperparams`` state before every step, from a base learning
+rate held in the ``TrainState`` — which is what lets a sweep vary the base learning rate of a
+scheduled run, and lets a reduce-on-plateau rule act once per epoch on an epoch's metric.
+Steps count optimizer updates from 0; a torch-style per-epoch schedule is ``schedule(step //
+steps_per_epoch)`` (see :mod:`jopt.train.recipes`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from jopt.core import GradientTransformation
+from jopt.plateau import (
+    ReduceOnPlateauState,
+    check_plateau_args,
+    mode_worse,
+    plateau_step,
+)
+from jopt.train.data import Dataset, batch_indices, epoch_key, num_batches, shuffle_key
+from jopt.train.model import (
+    MLP,
+    apply,
+    cross_entropy,
+    loss_and_metrics,
+    merge_params,
+    split_params,
+)
+
+__all__ = [
+    "METRICS",
+    "FitResult",
+    "Plateau",
+    "SweepResult",
+    "TrainState",
+    "Trainer",
+    "find_hyperparams",
+    "fit",
+    "init_model",
+    "init_params",
+    "make_train_step",
+    "set_hyperparams",
+    "sweep",
+]
+
+METRICS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr")
+"""The per-epoch history: mean training cross-entropy over the epoch's batches (what a torch
+script's running loss reports), training accuracy over the same batches, cross-entropy and
+accuracy on the test set after the epoch, and the learning rate of the epoch's last step."""
+
+LrSchedule = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+class TrainState(NamedTuple):
+    """Everything a run carries from one epoch to the next; a checkpoint is this tree.
+
+    ``key`` is the raw data of the shuffling key (``jax.random.key_data``), ``epoch`` counts
+    finished epochs, ``base_lr`` is the learning rate a ``lr_schedule`` and a plateau rule
+    scale (NaN when the trainer does not control the learning rate), ``plateau`` the plateau
+    rule's state or ``None``.
+    """
+
+    params: Any
+    opt_state: Any
+    epoch: jax.Array
+    key: jax.Array
+    base_lr: jax.Array
+    plateau: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Plateau:
+    """torch's ``ReduceLROnPlateau`` stepped once per epoch on a metric of the epoch.
+
+    Where a torch script calls ``scheduler.step(metric)`` after each epoch, a ``Trainer`` given
+    ``plateau=Plateau(patience=10)`` applies :func:`jopt.plateau_step` to ``metric`` (one of
+    ``METRICS``; the epoch's training loss by default) and trains the next epoch at the rate
+    it sets. The arguments are torch's.
+    """
+
+    mode: str = "min"
+    factor: float = 0.1
+    patience: int = 10
+    threshold: float = 1e-4
+    threshold_mode: str = "rel"
+    cooldown: int = 0
+    min_lr: float = 0.0
+    eps: float = 1e-8
+    metric: str = "train_loss"
+
+    def __post_init__(self) -> None:
+        check_plateau_args(self.mode, self.factor, self.threshold_mode)
+        if self.metric not in METRICS:
+            raise ValueError(f"unknown metric {self.metric!r}; choose from {list(METRICS)}")
+
+    def init(self, lr: jax.Array) -> ReduceOnPlateauState:
+        f32 = jnp.float32
+        return ReduceOnPlateauState(
+            lr=jnp.asarray(lr, f32),
+            best=jnp.asarray(mode_worse(self.mode), f32),
+            num_bad_epochs=jnp.zeros([], jnp.int32),
+            cooldown_counter=jnp.zeros([], jnp.int32),
+            last_epoch=jnp.zeros([], jnp.int32),
+        )
+
+    def update(self, state: ReduceOnPlateauState, metrics: dict[str, jax.Array]) -> Any:
+        rule = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        del rule["metric"]
+        return plateau_step(state, metrics[self.metric], **rule)
+
+
+# --------------------------------------------------------------------------------------------
+# Hyperparameters in an optimizer state
+# --------------------------------------------------------------------------------------------
+
+
+def _has_hyperparams(x: Any) -> bool:
+    return isinstance(x, tuple) and isinstance(getattr(x, "hyperparams", None), dict)
+
+
+def find_hyperparams(opt_state: Any) -> dict[str, Any] | None:
+    """The first ``hyperparams`` dict of an ``inject_hyperparams`` state in ``opt_state``."""
+    if _has_hyperparams(opt_state):
+        return opt_state.hyperparams
+    if isinstance(opt_state, tuple | list):
+        for child in opt_state:
+            found = find_hyperparams(child)
+            if found is not None:
+                return found
+    return None
+
+
+def set_hyperparams(opt_state: Any, **values: Any) -> Any:
+    """``opt_state`` with the first ``inject_hyperparams`` state's values replaced.
+
+    Each new value keeps the dtype of the value it replaces, so a jitted step sees the same
+    types and does not recompile.
+    """
+    if _has_hyperparams(opt_state):
+        hyper = dict(opt_state.hyperparams)
+        for name, value in values.items():
+            if name not in hyper:
+                raise KeyError(f"the optimizer has no injected hyperparameter {name!r}")
+            hyper[name] = jnp.asarray(value, jnp.result_type(hyper[name]))
+        return opt_state._replace(hyperparams=hyper)
+    if isinstance(opt_state, tuple | list):
+        children = list(opt_state)
+        for i, child in enumerate(children):
+            if find_hyperparams(child) is not None:
+                children[i] = set_hyperparams(child, **values)
+                return (
+                    type(opt_state)(*children)
+                    if _is_namedtuple(opt_state)
+                    else type(opt_state)(children)
+                )
+    raise ValueError(
+        "the optimizer state holds no hyperparameters: build the optimizer with "
+        "jopt.inject_hyperparams(...) to set them"
+    )
+
+
+def _is_namedtuple(x: Any) -> bool:
+    return isinstance(x, tuple) and hasattr(x, "_fields")
+
+
+def _current_lr(opt_state: Any) -> jax.Array:
+    hyper = find_hyperparams(opt_state)
+    for name in ("lr", "learning_rate"):
+        if hyper is not None and name in hyper:
+            return jnp.asarray(hyper[name], jnp.float32)
+    return jnp.asarray(jnp.nan, jnp.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# One step
+# --------------------------------------------------------------------------------------------
+
+
+def make_train_step(
+    graphdef: nnx.GraphDef, optimizer: GradientTransformation, l2: float = 0.0
+) -> Callable[..., tuple[Any, Any, jax.Array]]:
+    """A jitted train step ``(params, opt_state, x, y) -> (params, opt_state, loss)``.
+
+    Forward, backward and the optimizer update are one XLA call; ``params`` and ``opt_state``
+    are donated, so the update happens in their buffers (do not reuse the arrays passed in).
+    """
+
+    def step(params: Any, opt_state: Any, x: jax.Array, y: jax.Array) -> tuple[Any, Any, Any]:
+        def objective(p: Any) -> tuple[jax.Array, Any]:
+            return loss_and_metrics(graphdef, p, x, y, None, l2)
+
+        (_, (ce, _)), grads = jax.value_and_grad(objective, has_aux=True)(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, ce
+
+    return jax.jit(step, donate_argnums=(0, 1))
+
+
+# --------------------------------------------------------------------------------------------
+# The trainer: compiled epochs
+# --------------------------------------------------------------------------------------------
+
+
+def init_model(
+    model_fn: Callable[[nnx.Rngs], nnx.Module], seed: int = 0
+) -> tuple[nnx.GraphDef, Any]:
+    """``(graphdef, params)`` of ``model_fn(nnx.Rngs(jax.random.key(seed)))``, built by one
+    compiled call (the same numbers ``sweep`` starts run ``k`` from for ``seeds[k] == seed``).
+    """
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda: model_fn(nnx.Rngs(0))))
+    params = jax.jit(lambda s: init_params(model_fn, s))(np.uint32(seed))
+    return graphdef, params
+
+
+def init_params(model_fn: Callable[[nnx.Rngs], nnx.Module], seed: int | jax.Array) -> Any:
+    """The parameters of ``model_fn(nnx.Rngs(jax.random.key(seed)))`` as a plain dict.
+
+    Traceable: ``jax.vmap(partial(init_params, model_fn))(seeds)`` initialises K models, each
+    equal to the one this function builds from its seed alone.
+    """
+    return split_params(model_fn(nnx.Rngs(jax.random.key(seed))))[1]
+
+
+@dataclasses.dataclass(eq=False)
+class Trainer:
+    """Compiled epochs of one recipe: a model structure, an optimizer and a batching.
+
+    The data are arguments of the compiled programs, not constants in them, so a trainer
+    serves any dataset with the shapes it was first called with. ``run`` is the single run,
+    ``run_batched`` K runs at once (every ``TrainState`` leaf with a leading axis K); both
+    cache one compiled program per number of epochs per call.
+    """
+
+    graphdef: nnx.GraphDef
+    optimizer: GradientTransformation
+    num_train: int
+    batch_size: int = 16
+    shuffle: bool = True
+    drop_last: bool = False
+    l2: float = 0.0
+    lr_schedule: LrSchedule | None = None
+    plateau: Plateau | None = None
+    compile_seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.lr_schedule is not None and self.plateau is not None:
+            raise ValueError("give a Trainer an lr_schedule or a plateau rule, not both")
+        self.steps_per_epoch = num_batches(self.num_train, self.batch_size, self.drop_last)
+        self._compiled: dict[tuple[str, int], Any] = {}
+        self._init = jax.jit(self._init_state)
+        self._init_batched = jax.jit(jax.vmap(self._init_state))
+
+    # -- state ---------------------------------------------------------------------------
+
+    def _init_state(
+        self, params: Any, seed: jax.Array, hyperparams: dict[str, jax.Array]
+    ) -> TrainState:
+        opt_state = self.optimizer.init(params)
+        if hyperparams:
+            opt_state = set_hyperparams(opt_state, **hyperparams)
+        controls_lr = self.lr_schedule is not None or self.plateau is not None
+        base_lr = _current_lr(opt_state) if controls_lr else jnp.asarray(jnp.nan, jnp.float32)
+        if controls_lr and find_hyperparams(opt_state) is None:
+            raise ValueError(
+                "lr_schedule and plateau need an optimizer built with jopt.inject_hyperparams"
+            )
+        plateau = None if self.plateau is None else self.plateau.init(base_lr)
+        key = jax.random.key_data(shuffle_key(seed))
+        state = TrainState(params, opt_state, jnp.zeros([], jnp.int32), key, base_lr, plateau)
+        # Strongly typed leaves: a state restored from a checkpoint has the same types, so it
+        # runs in the same compiled program.
+        return jax.tree.map(lambda x: jax.lax.convert_element_type(x, x.dtype), state)
+
+    def init(self, params: Any, seed: int = 0, **hyperparams: float) -> TrainState:
+        """The state before the first epoch; ``hyperparams`` override injected ones (``lr=``)."""
+        values = {k: np.float32(v) for k, v in hyperparams.items()}
+        return self._init(params, np.uint32(seed), values)
+
+    def init_batched(
+        self, params: Any, seeds: Sequence[int] | np.ndarray, **hyperparams: Any
+    ) -> TrainState:
+        """K states at once: ``params`` and each of ``hyperparams`` have a leading axis K."""
+        values = {k: np.asarray(v, np.float32) for k, v in hyperparams.items()}
+        return self._init_batched(params, np.asarray(seeds, np.uint32), values)
+
+    # -- the epoch -----------------------------------------------------------------------
+
+    def _lr(self, state: TrainState, step: jax.Array) -> jax.Array:
+        if self.plateau is not None:
+            return state.plateau.lr
+        return self.lr_schedule(state.base_lr, step)
+
+    def _epoch(self, state: TrainState, data: tuple[jax.Array, ...]) -> tuple[TrainState, Any]:
+        x_train, y_train, x_test, y_test = data
+        n, steps = x_train.shape[0], self.steps_per_epoch
+        key = epoch_key(jax.random.wrap_key_data(state.key), state.epoch)
+        idx, mask = batch_indices(key, n, self.batch_size, self.shuffle, self.drop_last)
+        padded = steps * self.batch_size > n
+        first_step = state.epoch * steps
+        controls_lr = self.lr_schedule is not None or self.plateau is not None
+
+        def step(carry: tuple[Any, Any], batch: tuple[jax.Array, ...]) -> tuple[Any, Any]:
+            params, opt_state = carry
+            i, rows, keep = batch
+            x, y = x_train[rows], y_train[rows]
+            m = keep if padded else None
+            if controls_lr:
+                opt_state = set_hyperparams(opt_state, lr=self._lr(state, i))
+
+            def objective(p: Any) -> tuple[jax.Array, Any]:
+                return loss_and_metrics(self.graphdef, p, x, y, m, self.l2)
+
+            (_, (ce, correct)), grads = jax.value_and_grad(objective, has_aux=True)(params)
+            updates, opt_state = self.optimizer.update(grads, opt_state, params)
+            params = optax.apply_updates(params, updates)
+            weight = jnp.sum(keep)
+            return (params, opt_state), (ce * weight, correct)
+
+        steps_index = first_step + jnp.arange(steps, dtype=jnp.int32)
+        (params, opt_state), (losses, correct) = jax.lax.scan(
+            step, (state.params, state.opt_state), (steps_index, idx, mask)
+        )
+        seen = jnp.sum(mask)
+        logits = apply(self.graphdef, params, x_test)
+        metrics = {
+            "train_loss": jnp.sum(losses) / seen,
+            "train_accuracy": jnp.sum(correct) / seen,
+            "test_loss": cross_entropy(logits, y_test),
+            "test_accuracy": jnp.mean((jnp.argmax(logits, -1) == y_test).astype(jnp.float32)),
+            "lr": _current_lr(opt_state),
+        }
+        plateau = state.plateau
+        if self.plateau is not None:
+            plateau = self.plateau.update(plateau, metrics)
+        new = TrainState(params, opt_state, state.epoch + 1, state.key, state.base_lr, plateau)
+        return new, metrics
+
+    def _run(self, state: TrainState, data: tuple[jax.Array, ...], epochs: int) -> Any:
+        return jax.lax.scan(lambda s, _: self._epoch(s, data), state, None, length=epochs)
+
+    # -- compiled programs ---------------------------------------------------------------
+
+    def _program(self, kind: str, epochs: int, state: TrainState, data: Any) -> Any:
+        key = (kind, epochs)
+        if key not in self._compiled:
+            fn = self._run if kind == "single" else jax.vmap(self._run, in_axes=(0, None, None))
+            jitted = jax.jit(fn, static_argnums=2, donate_argnums=0)
+            start = time.perf_counter()
+            self._compiled[key] = jitted.lower(state, data, epochs).compile()
+            self.compile_seconds += time.perf_counter() - start
+        return self._compiled[key]
+
+    def is_compiled(self, state: TrainState, epochs: int) -> bool:
+        """Whether ``run(state, ..., epochs)`` has its program already."""
+        return (_kind(state), epochs) in self._compiled
+
+    def compile(self, state: TrainState, data: Dataset, epochs: int = 1) -> None:
+        """Compile ``run(state, data, epochs)`` now (``compile_seconds`` accumulates)."""
+        self._program(_kind(state), epochs, state, _device(data))
+
+    def run(
+        self, state: TrainState, data: Dataset | tuple, epochs: int = 1
+    ) -> tuple[TrainState, dict[str, jax.Array]]:
+        """``epochs`` epochs in one compiled call; returns the new state and the history.
+
+        ``state`` is donated: its arrays are consumed. The history maps each of ``METRICS`` to
+        an array with a leading axis ``epochs`` (after the run axis K when batched).
+        """
+        arrays = _device(data)
+        state, history = self._program(_kind(state), epochs, state, arrays)(state, arrays)
+        return state, history
+
+
+def _kind(state: TrainState) -> str:
+    return "batched" if jnp.ndim(state.epoch) == 1 else "single"
+
+
+def _device(data: Dataset | tuple) -> tuple[jax.Array, ...]:
+    arrays = data.arrays() if isinstance(data, Dataset) else data
+    return tuple(jax.device_put(a) for a in arrays)
+
+
+# --------------------------------------------------------------------------------------------
+# fit and sweep
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class FitResult:
+    """A finished run: its final state, the per-epoch history (NumPy arrays) and timings."""
+
+    state: TrainState
+    history: dict[str, np.ndarray]
+    graphdef: nnx.GraphDef
+    compile_seconds: float
+    train_seconds: float
+
+    @property
+    def params(self) -> Any:
+        return self.state.params
+
+    @property
+    def model(self) -> nnx.Module:
+        """The trained model as an ``nnx.Module``."""
+        return merge_params(self.graphdef, self.state.params)
+
+    def final(self, metric: str) -> float:
+        return float(self.history[metric][-1])
+
+
+def fit(
+    model: nnx.Module | tuple[nnx.GraphDef, Any],
+    optimizer: GradientTransformation,
+    data: Dataset,
+    *,
+    epochs: int = 100,
+    batch_size: int = 16,
+    shuffle: bool = True,
+    drop_last: bool = False,
+    l2: float = 0.0,
+    seed: int = 0,
+    lr_schedule: LrSchedule | None = None,
+    plateau: Plateau | None = None,
+    epochs_per_call: int | None = None,
+    callback: Callable[[TrainState, dict[str, np.ndarray]], None] | None = None,
+    state: TrainState | None = None,
+    trainer: Trainer | None = None,
+) -> FitResult:
+    """Train ``model`` on ``data`` with ``optimizer`` for ``epochs`` epochs.
+
+    ``model`` is an ``nnx.Module`` or its ``(graphdef, params)``; ``seed`` fixes the shuffling
+    (the model arrives initialised). The epochs run
+    ``epochs_per_call`` at a time in one compiled call each — all at once by default, one at a
+    time when a ``callback(state, history_of_the_call)`` wants to see every epoch (to draw a
+    progress bar or save a checkpoint; the state is donated to the next call, so copy what you
+    keep). ``state`` resumes a run at ``state.epoch``; ``trainer`` reuses compiled programs.
+    """
+    if epochs < 0:
+        raise ValueError(f"epochs must be non-negative, got {epochs}")
+    graphdef, params = model if isinstance(model, tuple) else split_params(model)
+    if trainer is None:
+        trainer = Trainer(
+            graphdef,
+            optimizer,
+            len(data.x_train),
+            batch_size,
+            shuffle,
+            drop_last,
+            l2,
+            lr_schedule,
+            plateau,
+        )
+    if state is None:
+        state = trainer.init(params, seed)
+    done = int(state.epoch)
+    remaining = max(epochs - done, 0)
+    chunk = epochs_per_call or (1 if callback is not None else max(remaining, 1))
+    before = trainer.compile_seconds
+    if remaining:
+        trainer.compile(state, data, min(chunk, remaining))
+    rows: list[dict[str, np.ndarray]] = []
+    start = time.perf_counter()
+    while remaining > 0:
+        n = min(chunk, remaining)
+        if not trainer.is_compiled(state, n):
+            pause = time.perf_counter()
+            trainer.compile(state, data, n)
+            start += time.perf_counter() - pause
+        state, history = trainer.run(state, data, n)
+        history = {k: np.asarray(v) for k, v in history.items()}
+        rows.append(history)
+        if callback is not None:
+            callback(state, history)
+        remaining -= n
+    jax.block_until_ready(state)
+    train_seconds = time.perf_counter() - start
+    merged = {k: np.concatenate([r[k] for r in rows]) if rows else np.zeros(0) for k in METRICS}
+    return FitResult(state, merged, graphdef, trainer.compile_seconds - before, train_seconds)
+
+
+@dataclasses.dataclass
+class SweepResult:
+    """K runs trained together: their configurations, histories ``(K, epochs)`` and states."""
+
+    lrs: np.ndarray
+    weight_decays: np.ndarray | None
+    seeds: np.ndarray
+    history: dict[str, np.ndarray]
+    state: TrainState
+    compile_seconds: float
+    train_seconds: float
+
+    @property
+    def runs(self) -> int:
+        return len(self.lrs)
+
+    def best(self, metric: str = "test_accuracy") -> int:
+        """Index of the run with the best final ``metric`` (ties: the lowest final test loss)."""
+        final = self.history[metric][:, -1]
+        better = -final if "loss" not in metric else final  # smaller is better after this
+        loss = self.history["test_loss"][:, -1]
+        order = np.lexsort((np.nan_to_num(loss, nan=np.inf), np.nan_to_num(better, nan=np.inf)))
+        return int(order[0])
+
+
+def sweep(
+    optimizer: Callable[..., GradientTransformation],
+    data: Dataset,
+    lrs: Sequence[float] | np.ndarray,
+    *,
+    weight_decays: Sequence[float] | np.ndarray | None = None,
+    seeds: Sequence[int] | np.ndarray | int = 0,
+    model_fn: Callable[[nnx.Rngs], nnx.Module] | None = None,
+    epochs: int = 100,
+    batch_size: int = 16,
+    shuffle: bool = True,
+    drop_last: bool = False,
+    l2: float = 0.0,
+    lr_schedule: LrSchedule | None = None,
+    plateau: Plateau | None = None,
+    trainer: Trainer | None = None,
+    **optimizer_kwargs: Any,
+) -> SweepResult:
+    """Train K = ``len(lrs)`` configurations at once: one compile, ``vmap`` over the runs.
+
+    ``optimizer`` is a factory such as ``jopt.adam``; it is wrapped in
+    ``jopt.inject_hyperparams`` so that ``lr`` (and ``weight_decay`` when given) are data with
+    one value per run. Run ``k`` initialises ``model_fn`` (the 4-16-3 MLP by default) from
+    ``seeds[k]`` with :func:`init_params` and shuffles with the same seed: it equals
+    ``fit(model_fn(nnx.Rngs(jax.random.key(seeds[k]))), inject_hyperparams(optimizer)(
+    lr=lrs[k], ...), data, seed=seeds[k])``.
+    """
+    from jopt.core import inject_hyperparams
+
+    lrs = np.asarray(lrs, np.float32).reshape(-1)
+    k = len(lrs)
+    seeds_arr = np.broadcast_to(np.asarray(seeds, np.uint32), (k,)).copy()
+    hyper: dict[str, Any] = {"lr": lrs}
+    if weight_decays is not None:
+        hyper["weight_decay"] = np.broadcast_to(np.asarray(weight_decays, np.float32), (k,))
+    if model_fn is None:
+        model_fn = _default_model(data)
+    first = {name: float(v[0]) for name, v in hyper.items()}
+    opt = inject_hyperparams(optimizer)(**first, **optimizer_kwargs)
+    init = jax.jit(jax.vmap(lambda s: init_params(model_fn, s)))
+    params = init(seeds_arr)
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda: model_fn(nnx.Rngs(0))))
+    if trainer is None:
+        trainer = Trainer(
+            graphdef,
+            opt,
+            len(data.x_train),
+            batch_size,
+            shuffle,
+            drop_last,
+            l2,
+            lr_schedule,
+            plateau,
+        )
+    state = trainer.init_batched(params, seeds_arr, **hyper)
+    before = trainer.compile_seconds
+    trainer.compile(state, data, epochs)
+    start = time.perf_counter()
+    state, history = trainer.run(state, data, epochs)
+    jax.block_until_ready(state)
+    seconds = time.perf_counter() - start
+    return SweepResult(
+        lrs,
+        hyper.get("weight_decay"),
+        seeds_arr,
+        {key: np.asarray(v) for key, v in history.items()},
+        state,
+        trainer.compile_seconds - before,
+        seconds,
+    )
+
+
+def _default_model(data: Dataset) -> Callable[[nnx.Rngs], nnx.Module]:
+    def model_fn(rngs: nnx.Rngs) -> nnx.Module:
+        return MLP(data.num_features, (16,), data.num_classes, rngs=rngs)
+
+    return model_fn
