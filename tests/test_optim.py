@@ -143,6 +143,25 @@ def test_two_param_groups_match_torch(name, kwargs, path):
     assert [g["lr"] for g in opt.param_groups] == list(lrs)
 
 
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize(
+    ("name", "kwargs"), [("SGD", dict(lr=0.1, momentum=0.9)), ("Adam", dict(lr=0.01))]
+)
+def test_step_lr_scheduler_matches_torch_without_recompiling(name, kwargs, path):
+    def step_lr(opt, optim_module):
+        return optim_module.lr_scheduler.StepLR(opt, step_size=10, gamma=0.5)
+
+    ours, opt = run_jopt(
+        name, kwargs, path, groups=(kwargs["lr"], kwargs["lr"] / 4), scheduler=step_lr
+    )
+    theirs = run_torch(
+        name, kwargs, path, groups=(kwargs["lr"], kwargs["lr"] / 4), scheduler=step_lr
+    )
+    assert_histories_close(ours, theirs)
+    assert opt.param_groups[0]["lr"] == kwargs["lr"] * 0.5**10
+    assert opt._traces == (3 if path == "backward" else 1)
+
+
 def test_changing_lr_through_param_groups_does_not_recompile():
     x, y = (jnp.asarray(a) for a in batch())
     opt = jopt.optim.Adam({k: jnp.asarray(v) for k, v in init_params().items()}, lr=0.01)

@@ -5,7 +5,8 @@ or ``opt.zero_grad(); opt.backward(loss_fn, x, y); opt.step()``. The update rule
 functional optimizers; see :class:`jopt.optim.Optimizer`.
 """
 
+from jopt.optim import lr_scheduler
 from jopt.optim.algorithms import SGD, Adagrad, Adam, AdamW, RMSprop
 from jopt.optim.optimizer import Optimizer
 
-__all__ = ["SGD", "Adagrad", "Adam", "AdamW", "Optimizer", "RMSprop"]
+__all__ = ["SGD", "Adagrad", "Adam", "AdamW", "Optimizer", "RMSprop", "lr_scheduler"]
