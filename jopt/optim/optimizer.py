@@ -20,24 +20,19 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import numbers
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from jopt.core import GradientTransformation, apply_updates, check_tree_match
 from jopt.optim.flat import Flat, Layout
-from jopt.transforms import ScaleByAdagradState, ScaleByAdamState, ScaleByRmsState, TraceState
+from jopt.optim.state_layout import from_torch, plain, torch_view, transplant
 
 __all__ = ["Optimizer"]
-
-# States whose ``count`` is torch's per-parameter "step".
-_STEP_STATES = (ScaleByAdamState, ScaleByRmsState, ScaleByAdagradState)
 
 
 class Optimizer:
@@ -138,7 +133,7 @@ class Optimizer:
             static, arrays = self._group_args(i)
             if static != self._built[i]:
                 template = self._transform(i, arrays).init(self._flat[i])
-                self._states[i] = _transplant(self._states[i], template)
+                self._states[i] = transplant(self._states[i], template)
                 self._built[i] = static
             statics.append(static)
             hps.append(arrays)
@@ -341,7 +336,7 @@ class Optimizer:
         groups = []
         start = 0
         for layout, group, group_state in zip(self._layouts, self.param_groups, self._states):
-            step, buffers = _torch_view(group_state, layout)
+            step, buffers = torch_view(group_state, layout)
             if buffers or step:
                 split = {name: layout.unflatten_leaves(buf) for name, buf in buffers.items()}
                 for j in range(len(layout)):
@@ -367,11 +362,11 @@ class Optimizer:
                 )
         saved_state = {int(k): v for k, v in state_dict["state"].items()}
         for i, (saved, layout) in enumerate(zip(saved_groups, self._layouts)):
-            self.param_groups[i] = {k: _plain(v) for k, v in saved.items() if k != "params"}
+            self.param_groups[i] = {k: plain(v) for k, v in saved.items() if k != "params"}
             entries = [saved_state.get(int(p), {}) for p in saved["params"]]
             static, arrays = self._group_args(i)
             template = self._transform(i, arrays).init(self._flat[i])
-            self._states[i] = _from_torch(template, entries, layout)
+            self._states[i] = from_torch(template, entries, layout)
             self._built[i] = static
         self._grad = None
 
@@ -393,92 +388,3 @@ def _hashable(value: Any) -> Any:
     if isinstance(value, tuple | list):
         return tuple(_hashable(v) for v in value)
     return float(value)
-
-
-def _plain(value: Any) -> Any:
-    """A hyperparameter from a state dict as a Python value (torch may store tensors)."""
-    if isinstance(value, tuple | list):
-        return tuple(_plain(v) for v in value)
-    if isinstance(value, bool | str | None | numbers.Number):
-        return value
-    array = np.asarray(value)
-    return array.item() if array.size == 1 else value
-
-
-def _substates(state: Any) -> Iterable[Any]:
-    """The NamedTuple states inside a (nested) chain state."""
-    if isinstance(state, tuple) and hasattr(state, "_fields"):
-        yield state
-        for value in state:
-            yield from _substates(value)
-    elif isinstance(state, tuple | list):
-        for value in state:
-            yield from _substates(value)
-
-
-def _map_substates(state: Any, fn: Callable[[Any], Any]) -> Any:
-    if isinstance(state, tuple) and hasattr(state, "_fields"):
-        return fn(state)
-    if isinstance(state, tuple | list):
-        return type(state)(_map_substates(v, fn) for v in state)
-    return state
-
-
-def _torch_view(state: Any, layout: Layout) -> tuple[int | None, dict[str, Flat]]:
-    """torch's "step" (None where torch keeps none) and named per-parameter buffers."""
-    step, buffers = None, {}
-    for sub in _substates(state):
-        if isinstance(sub, _STEP_STATES):
-            step = int(sub.count)
-        if isinstance(sub, TraceState) and int(sub.count) == 0:
-            continue  # torch's momentum_buffer does not exist before the first step
-        for name, value in zip(sub._fields, sub):
-            if layout.is_flat(value):
-                buffers[name] = value
-    if step == 0:
-        return None, {}
-    return step, buffers
-
-
-def _from_torch(template: Any, entries: list[dict[str, Any]], layout: Layout) -> Any:
-    """Fill a fresh state with torch-named per-parameter entries."""
-    if not any(entries):
-        return template
-    steps = {float(np.asarray(e["step"])) for e in entries if "step" in e}
-    if len(steps) > 1:
-        raise ValueError("parameters of one group have different 'step' values")
-    step = int(steps.pop()) if steps else None
-
-    def gather(name: str, like: Flat) -> Flat:
-        leaves = []
-        for j, entry in enumerate(entries):
-            value = entry.get(name)
-            if value is None:
-                raise ValueError(f"state of parameter {j} in its group has no '{name}'")
-            slot = layout.slots[j]
-            leaves.append(np.asarray(value, dtype=layout.dtypes[slot.bucket]).reshape(slot.shape))
-        return layout.flatten_leaves(leaves)
-
-    def fill(sub: Any) -> Any:
-        values = {}
-        for name, value in zip(sub._fields, sub):
-            absent = isinstance(sub, TraceState) and not _has(entries, name)
-            if layout.is_flat(value) and not absent:
-                values[name] = gather(name, value)
-        if isinstance(sub, TraceState):
-            values["count"] = jnp.asarray(int(_has(entries, "momentum_buffer")), jnp.int32)
-        elif "count" in sub._fields:
-            values["count"] = jnp.asarray(step or 0, jnp.int32)
-        return sub._replace(**values)
-
-    return _map_substates(template, fill)
-
-
-def _has(entries: list[dict[str, Any]], name: str) -> bool:
-    return any(entry.get(name) is not None for entry in entries)
-
-
-def _transplant(old: Any, new: Any) -> Any:
-    """Keep the parts of ``old`` whose state type ``new`` still has."""
-    available = {type(sub): sub for sub in _substates(old)}
-    return _map_substates(new, lambda sub: available.get(type(sub), sub))
