@@ -86,7 +86,9 @@ def _mask_tree(mask: Mask | None, params: Any) -> Any:
     if mask is None:
         return jax.tree.map(lambda _: True, params)
     tree = mask(params) if callable(mask) else mask
-    check_tree_match(tree, params, what="mask", against="parameters")
+    # One bool per parameter: the structure must match, the leaves are not shaped like them.
+    if jax.tree.structure(tree) != jax.tree.structure(params):
+        check_tree_match(tree, params, what="mask", against="parameters")
     return tree
 
 
