@@ -10,6 +10,7 @@ import contextlib
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -42,6 +43,13 @@ def loss(params: dict[str, Any], xp: Any) -> Any:
         total = total + (-xp.cos(3 * x + i) / 3 + 0.05 * x * x).sum()
         coupling = coupling + x.sum()
     return total + 0.005 * coupling * coupling
+
+
+@jax.jit
+def jax_grads(params: Any) -> Any:
+    """The gradient of :func:`loss` at jax parameters (jitted: eager autodiff of many small
+    operations costs seconds)."""
+    return jax.grad(loss)(params, jnp)
 
 
 def torch_grads(tparams: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -102,10 +110,16 @@ def assert_tree_close(
     for (path, a), (_, d), s in zip(got, want, scales):
         a, d = np.asarray(a, np.float64), np.asarray(d, np.float64)
         assert a.shape == d.shape, f"{what} {jax.tree_util.keystr(path)}: {a.shape} != {d.shape}"
-        size = max(np.max(np.abs(d), initial=0.0), np.max(np.abs(np.asarray(s, np.float64))))
+        size = max(_largest(d), _largest(np.asarray(s, np.float64)))
         np.testing.assert_allclose(
             a, d, rtol=rtol, atol=rtol * size, err_msg=f"{what} {jax.tree_util.keystr(path)}"
         )
+
+
+def _largest(x: np.ndarray) -> float:
+    """The largest finite magnitude in ``x`` (0 if none)."""
+    finite = np.abs(x[np.isfinite(x)])
+    return float(np.max(finite, initial=0.0))
 
 
 @contextlib.contextmanager

@@ -18,6 +18,7 @@ from conftest import (
     RTOL,
     assert_tree_close,
     from_torch,
+    jax_grads,
     loss,
     make_params,
     to_torch,
@@ -185,7 +186,7 @@ def test_schedule_as_lr(name: str, inject: bool) -> None:
 
 def _run(tx, params, steps):
     """``steps`` closed-loop updates on the shared loss, in one ``lax.scan``."""
-    grad = jax.grad(lambda p: loss(p, jnp))
+    grad = jax_grads
 
     def body(carry, _):
         params, state = carry
@@ -205,7 +206,7 @@ FACTORS = np.geomspace(0.25, 4.0, 8)
 def test_vmap_over_injected_lr_equals_separate_runs(name: str) -> None:
     params = jax.tree.map(jnp.asarray, make_params())
     tx = jopt.inject_hyperparams(getattr(jopt, name))(**RICH[name])
-    grad = jax.grad(lambda p: loss(p, jnp))
+    grad = jax_grads
 
     @jax.jit
     def run(lr):
@@ -252,7 +253,7 @@ def test_vmap_over_a_batch_of_parameter_trees(name: str) -> None:
 @pytest.mark.parametrize("name", NAMES)
 def test_jit_equals_eager(name: str) -> None:
     tx = getattr(jopt, name)(**RICH[name])
-    grad = jax.grad(lambda p: loss(p, jnp))
+    grad = jax_grads
     step, _ = counted_step(tx)
     eager = jitted = jax.tree.map(jnp.asarray, make_params())
     s_eager = s_jit = tx.init(eager)

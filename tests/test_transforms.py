@@ -1,0 +1,267 @@
+"""The building blocks: clipping, masks, L1, skip_nonfinite against torch, and properties
+(tree, shapes and dtypes kept; jit equals eager) of every transform and optimizer."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import (
+    RTOL,
+    assert_tree_close,
+    from_torch,
+    jax_grads,
+    make_params,
+    to_torch,
+    torch_grads,
+)
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import jopt
+
+torch = pytest.importorskip("torch", reason="the oracle tests compare against torch")
+
+
+# --------------------------------------------------------------------------------------------
+# clip_by_global_norm against torch.nn.utils.clip_grad_norm_
+# --------------------------------------------------------------------------------------------
+
+
+def _grads_with_torch(scale: float, dtype: str):
+    """The shared gradients times ``scale``: as NumPy, and set as ``.grad`` of torch tensors."""
+    tparams = to_torch(make_params(dtype))
+    grads = {k: g * np.asarray(scale, dtype) for k, g in torch_grads(tparams).items()}
+    for t, g in zip(tparams.values(), grads.values()):
+        t.grad = torch.from_numpy(g.copy())
+    return grads, tparams
+
+
+@jax.jit
+def _clip(grads, max_norm):
+    return jopt.clip_by_global_norm(max_norm).update(grads, jopt.EmptyState())[0]
+
+
+@pytest.mark.parametrize("scale", [0.0, 1e-3, 1.0, 50.0])
+@pytest.mark.parametrize("max_norm", [0.01, 1.0, 5.0, 1e4])
+def test_clip_by_global_norm_matches_torch(max_norm: float, scale: float, dtype: str) -> None:
+    grads, tparams = _grads_with_torch(scale, dtype)
+    clipped = _clip(grads, max_norm)
+    torch.nn.utils.clip_grad_norm_(list(tparams.values()), max_norm)
+    theirs = {k: t.grad.numpy() for k, t in tparams.items()}
+    assert_tree_close(clipped, theirs, RTOL[dtype], scale=grads)
+    for k, v in clipped.items():
+        assert v.dtype == grads[k].dtype, k
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_clip_by_global_norm_nonfinite_as_torch(bad: float) -> None:
+    grads, tparams = _grads_with_torch(1.0, "float32")
+    grads["t"][0, 1, 1] = bad
+    tparams["t"].grad[0, 1, 1] = bad
+    clipped, _ = jopt.clip_by_global_norm(1.0).update(grads, jopt.EmptyState())
+    torch.nn.utils.clip_grad_norm_(list(tparams.values()), 1.0)
+    for k, t in tparams.items():
+        np.testing.assert_array_equal(np.asarray(clipped[k]), t.grad.numpy(), err_msg=k)
+
+
+# --------------------------------------------------------------------------------------------
+# Masks and L1, against torch's param groups and autograd
+# --------------------------------------------------------------------------------------------
+
+DECAYED = {"w": True, "b": False, "s": False, "t": True}  # no decay on the vector-like leaves
+MASKS = {
+    "tree": DECAYED,
+    "callable": lambda params: jax.tree.map(lambda p: p.ndim > 1, params),
+}
+
+
+def _groups(tparams, **decayed_group):
+    return [
+        {"params": [tparams[k] for k in tparams if DECAYED[k]], **decayed_group},
+        {"params": [tparams[k] for k in tparams if not DECAYED[k]], "weight_decay": 0.0},
+    ]
+
+
+def _run_against(tx, reference, tparams, params, steps=20, extra_grad=None):
+    jparams = jax.tree.map(jnp.asarray, params)
+    state = tx.init(jparams)
+    step = jax.jit(
+        lambda p, s, g: (lambda u, s: (jopt.apply_updates(p, u), s))(*tx.update(g, s, p))
+    )
+    for i in range(steps):
+        grads = torch_grads(tparams)
+        if extra_grad is not None:
+            for t in tparams.values():
+                t.grad = t.grad + extra_grad(t.detach())
+        reference.step()
+        jparams, state = step(jparams, state, grads)
+        assert_tree_close(jparams, from_torch(tparams), RTOL["float32"], f"step {i + 1}", params)
+
+
+@pytest.mark.parametrize("mask", sorted(MASKS))
+def test_masked_coupled_decay_is_torch_param_groups(mask: str) -> None:
+    """``chain(add_decayed_weights(wd, mask), sgd)`` is SGD with decay in one param group."""
+    params = make_params()
+    tparams = to_torch(params)
+    reference = torch.optim.SGD(
+        _groups(tparams, weight_decay=0.1), lr=0.05, momentum=0.9, dampening=0.1
+    )
+    tx = jopt.chain(
+        jopt.add_decayed_weights(0.1, mask=MASKS[mask]),
+        jopt.sgd(lr=0.05, momentum=0.9, dampening=0.1),
+    )
+    _run_against(tx, reference, tparams, params)
+
+
+@pytest.mark.parametrize("mask", sorted(MASKS))
+def test_masked_decoupled_decay_is_torch_adamw_param_groups(mask: str) -> None:
+    """AdamW's decay from the building blocks: decay after the preconditioner, before ``-lr``."""
+    params = make_params()
+    tparams = to_torch(params)
+    reference = torch.optim.AdamW(_groups(tparams, weight_decay=0.1), lr=0.01, amsgrad=True)
+    tx = jopt.chain(
+        jopt.scale_by_adam(amsgrad=True),
+        jopt.add_decayed_weights(0.1, mask=MASKS[mask]),
+        jopt.scale_by_learning_rate(0.01),
+    )
+    _run_against(tx, reference, tparams, params)
+
+
+def test_mask_that_does_not_match_names_the_path() -> None:
+    params = jax.tree.map(jnp.asarray, make_params())
+    tx = jopt.add_decayed_weights(0.1, mask={k: v for k, v in DECAYED.items() if k != "t"})
+    with pytest.raises(ValueError, match=r"mask do not match the parameters: missing \['t'\]"):
+        tx.update(params, tx.init(params), params)
+
+
+@pytest.mark.parametrize("l1", [1e-3, 0.1])
+def test_l1_penalty_is_the_gradient_of_torchs_l1_loss(l1: float) -> None:
+    """``chain(add_l1_penalty(l1), sgd)`` is SGD on ``loss + l1 * sum|p|`` by torch's autograd,
+    zeros included (the subgradient at 0 is 0 in both)."""
+    params = make_params()
+    params["w"][1] = 0.0
+    params["s"][0] = 0.0
+    tparams = to_torch(params)
+    reference = torch.optim.SGD(list(tparams.values()), lr=0.05, momentum=0.5)
+
+    def l1_grad(p):
+        p = p.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(l1 * p.abs().sum(), [p])
+        return grad
+
+    tx = jopt.chain(jopt.add_l1_penalty(l1), jopt.sgd(lr=0.05, momentum=0.5))
+    _run_against(tx, reference, tparams, params, steps=10, extra_grad=l1_grad)
+
+
+def test_add_decayed_weights_needs_params() -> None:
+    params = jax.tree.map(jnp.asarray, make_params())
+    tx = jopt.add_decayed_weights(0.1)
+    with pytest.raises(ValueError, match="needs the parameters"):
+        tx.update(params, tx.init(params))
+
+
+# --------------------------------------------------------------------------------------------
+# skip_nonfinite
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_skip_nonfinite_keeps_the_inner_state(bad: float) -> None:
+    inner = jopt.inject_hyperparams(jopt.adam)(lr=0.1, amsgrad=True)
+    tx = jopt.skip_nonfinite(inner)
+    params = jax.tree.map(jnp.asarray, make_params())
+    grads = jax_grads(params)
+    update = jax.jit(tx.update)
+    _, state = update(grads, tx.init(params), params)
+    poisoned = {**grads, "b": grads["b"].at[1].set(bad)}
+    updates, after = update(poisoned, state, params)
+    for u in jax.tree.leaves(updates):
+        np.testing.assert_array_equal(u, np.zeros_like(u))
+    jax.tree.map(np.testing.assert_array_equal, after.inner_state, state.inner_state)
+    assert (int(after.skipped), bool(after.last_finite)) == (1, False)
+    # The next finite step is the step the inner optimizer would have taken.
+    expected, _ = jax.jit(inner.update)(grads, state.inner_state, params)
+    got, final = update(grads, after, params)
+    jax.tree.map(np.testing.assert_array_equal, got, expected)
+    assert (int(final.skipped), bool(final.last_finite)) == (1, True)
+
+
+# --------------------------------------------------------------------------------------------
+# Properties of every transform and optimizer
+# --------------------------------------------------------------------------------------------
+
+# The building blocks, and a few compositions (the optimizers' own jit == eager is in
+# test_core).
+TRANSFORMS = {
+    "scale": lambda: jopt.scale(-0.5),
+    "add_decayed_weights": lambda: jopt.add_decayed_weights(0.1),
+    "add_l1_penalty": lambda: jopt.add_l1_penalty(0.01),
+    "clip_by_global_norm": lambda: jopt.clip_by_global_norm(1.0),
+    "scale_by_learning_rate": lambda: jopt.scale_by_learning_rate(0.1),
+    "scale_by_learning_rate-schedule": lambda: jopt.scale_by_learning_rate(
+        lambda count: 0.1 / (1 + count)
+    ),
+    "trace": lambda: jopt.trace(0.9, dampening=0.1),
+    "trace-nesterov": lambda: jopt.trace(0.9, nesterov=True),
+    "scale_by_adam": lambda: jopt.scale_by_adam(amsgrad=True),
+    "scale_by_rms": lambda: jopt.scale_by_rms(centered=True),
+    "scale_by_adagrad": lambda: jopt.scale_by_adagrad(lr_decay=0.1, initial_accumulator_value=0.1),
+    "skip_nonfinite": lambda: jopt.skip_nonfinite(jopt.sgd(lr=0.1, momentum=0.9)),
+    "injected-adamw": lambda: jopt.inject_hyperparams(jopt.adamw)(lr=0.1, maximize=True),
+}
+BUILT = {name: make() for name, make in TRANSFORMS.items()}
+JITTED = {name: jax.jit(tx.update) for name, tx in BUILT.items()}
+
+# Tree layouts (zeros stand for leaves): nested containers, a None, a scalar. Few, so that
+# compilations are shared between examples.
+LAYOUTS = [
+    {"w": np.zeros((4, 3)), "b": np.zeros(3)},
+    {"layers": [{"kernel": np.zeros((2, 3)), "bias": np.zeros(3)}, (np.zeros(()), None)]},
+]
+DTYPES = ["float32", "bfloat16", "float16"]
+# jit may fuse a chain of low-precision operations and round once where eager rounds each.
+JIT_RTOL = {"float32": 1e-5, "bfloat16": 2e-2, "float16": 4e-3}
+
+
+@st.composite
+def trees(draw):
+    """Parameters and gradients of one layout and one dtype, values in [-4, 4]."""
+    layout = draw(st.sampled_from(LAYOUTS))
+    dtype = draw(st.sampled_from(DTYPES))
+    finite = st.floats(-4, 4, width=32, allow_subnormal=False)
+
+    def leaf(like):
+        return jnp.asarray(draw(hnp.arrays(np.float32, like.shape, elements=finite)), dtype)
+
+    return jax.tree.map(leaf, layout), jax.tree.map(leaf, layout), dtype
+
+
+def _signature(tree):
+    return jax.tree.structure(tree), [(x.shape, x.dtype) for x in jax.tree.leaves(tree)]
+
+
+@pytest.mark.parametrize("name", sorted(TRANSFORMS))
+@settings(max_examples=3, deadline=None, derandomize=True)
+@given(data=trees())
+def test_tree_shapes_and_dtypes_kept_and_jit_equals_eager(name, data) -> None:
+    params, grads, dtype = data
+    tx, update = BUILT[name], JITTED[name]
+    # Updates have the gradients' tree, shapes and dtypes; the state keeps its own types.
+    eager_state = jit_state = state = tx.init(params)
+    for step in range(2):
+        eager_updates, eager_state = tx.update(grads, eager_state, params)
+        jit_updates, jit_state = update(grads, jit_state, params)
+        assert _signature(eager_updates) == _signature(grads)
+        assert _signature(eager_state) == _signature(state)
+        assert _signature(jit_state) == _signature(state)
+        rtol = JIT_RTOL[dtype]
+        assert_tree_close(jit_updates, eager_updates, rtol, f"updates, step {step + 1}")
+        assert_tree_close(jit_state, eager_state, rtol, f"state, step {step + 1}")
+    # Every float buffer of the state that mirrors a parameter has its dtype.
+    shapes = {(x.shape, x.dtype) for x in jax.tree.leaves(params)}
+    for x in jax.tree.leaves(state):
+        if x.shape and jnp.issubdtype(x.dtype, jnp.floating):
+            assert (x.shape, x.dtype) in shapes
