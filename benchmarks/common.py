@@ -9,7 +9,6 @@ by the call returning (torch on CPU, which runs eagerly).
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import platform
@@ -133,7 +132,6 @@ def streaming_bandwidth(n: int = 1 << 24, repeats: int = 20) -> dict[str, float]
 
     t = Timing(time_calls(jax_triad, repeats + 2)[2:])
     out["jax_triad"] = 3 * 4 * n / t.median
-    del arrays
     try:
         import torch
     except ImportError:
@@ -143,8 +141,6 @@ def streaming_bandwidth(n: int = 1 << 24, repeats: int = 20) -> dict[str, float]
         t = Timing(time_calls(lambda: torch.add(tb, tc, alpha=0.5, out=ta), repeats + 2)[2:])
         out["torch_triad"] = 3 * 4 * n / t.median
     out["best"] = max(out.values())
-    del a, b, c
-    gc.collect()
     return out
 
 
@@ -268,8 +264,11 @@ def table(rows: Sequence[dict[str, Any]], columns: Iterable[str]) -> str:
         return "-" if v is None else str(v)
 
     body = [[cell(r.get(c)) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(b[i]) for b in body)) if body else len(c) for i, c in enumerate(columns)]
-    line = lambda cells: "| " + " | ".join(x.ljust(w) for x, w in zip(cells, widths)) + " |"  # noqa: E731
+    widths = [max([len(c)] + [len(b[i]) for b in body]) for i, c in enumerate(columns)]
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(x.ljust(w) for x, w in zip(cells, widths)) + " |"
+
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return "\n".join([line(columns), sep, *(line(b) for b in body)])
 

@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -275,10 +274,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"# step throughput on {info['cpu']} ({info['cores']} cores), JAX {info['jax_backend']}, "
         f"torch threads {info.get('torch_threads')}, load {info['load_average_start']}"
     )
-    print(
-        "# streaming bandwidth GB/s: "
-        + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in bw.items())
-    )
+    print("# streaming bandwidth GB/s: " + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in bw.items()))
     records, rows = [], []
     for name in args.optimizers.split(","):
         for case in cases:
