@@ -206,7 +206,7 @@ def inject_hyperparams(
 
         def current(count: jax.Array, hyperparams: dict[str, Any]) -> dict[str, Any]:
             def evaluate(spec: Any, held: Any) -> Any:
-                return _as_array(spec(count), hyperparam_dtype) if callable(spec) else held
+                return _scheduled(spec, count, hyperparam_dtype) if callable(spec) else held
 
             out = {}
             for k, spec in dynamic.items():
@@ -218,9 +218,7 @@ def inject_hyperparams(
 
         def init(params: Any) -> InjectHyperparamsState:
             count = jnp.zeros([], jnp.int32)
-            hyperparams = jax.tree.map(
-                lambda v: _as_array(v, hyperparam_dtype), _initial_tree(dynamic, count)
-            )
+            hyperparams = _initial_tree(dynamic, count, hyperparam_dtype)
             inner = factory(**fixed, **hyperparams)
             return InjectHyperparamsState(count, hyperparams, inner.init(params))
 
@@ -251,9 +249,19 @@ def _initial(spec: Any) -> Any:
     return spec(0) if callable(spec) else spec
 
 
-def _initial_tree(dynamic: dict[str, Any], count: jax.Array) -> dict[str, Any]:
+def _scheduled(spec: Callable[[jax.Array], Any], count: jax.Array, dtype: Any) -> jax.Array:
+    """A schedule's value as a strongly typed float array.
+
+    The type must not depend on whether ``count`` is concrete (in ``init``) or traced (in a
+    jitted ``update``): ``0.9 ** count`` is weakly typed for a concrete count and not for a
+    traced one, and a state whose types change after the first step recompiles the step.
+    """
+    return jnp.asarray(spec(count), dtype=dtype or jnp.result_type(float))
+
+
+def _initial_tree(dynamic: dict[str, Any], count: jax.Array, dtype: Any) -> dict[str, Any]:
     def first(spec: Any) -> Any:
-        return spec(count) if callable(spec) else spec
+        return _scheduled(spec, count, dtype) if callable(spec) else _as_array(spec, dtype)
 
     return {
         k: tuple(first(s) for s in v) if isinstance(v, tuple) else first(v)
