@@ -162,26 +162,32 @@ def test_static_when_zero(name: str) -> None:
     assert not _has(getattr(jopt, name)(lr=0.1).init(params), jopt.TraceState)
 
 
-def _schedule(count):
-    return optax.cosine_decay_schedule(0.1, decay_steps=12, alpha=0.1)(count)
+SCHEDULES = {
+    "optax-cosine": optax.cosine_decay_schedule(0.1, decay_steps=12, alpha=0.1),
+    "exponential-lambda": lambda count: 0.1 * 0.8**count,
+}
 
 
+@pytest.mark.parametrize("schedule", sorted(SCHEDULES))
 @pytest.mark.parametrize("inject", [True, False], ids=["injected", "plain"])
 @pytest.mark.parametrize("name", ["sgd", "adam"])
-def test_schedule_as_lr(name: str, inject: bool) -> None:
+def test_schedule_as_lr(name: str, inject: bool, schedule: str) -> None:
+    """lr = schedule(t) on update t (0, 1, ...), as torch with the lr set before each step;
+    one trace (the schedule's value has the same type in init and in the jitted update)."""
+    lr = SCHEDULES[schedule]
     kwargs = {k: v for k, v in RICH[name].items() if k != "lr"}
     factory = getattr(jopt, name)
-    tx = (jopt.inject_hyperparams(factory) if inject else factory)(lr=_schedule, **kwargs)
+    tx = (jopt.inject_hyperparams(factory) if inject else factory)(lr=lr, **kwargs)
     seen = []
 
     def change(i, state, group):
-        group["lr"] = float(_schedule(i))
+        group["lr"] = float(lr(i))
         if inject and i > 0:
             seen.append(float(state.hyperparams["lr"]))
 
     assert run_against_torch(tx, name, kwargs, 15, change) == 1
     if inject:  # state.hyperparams shows the value the last update used
-        np.testing.assert_allclose(seen, [float(_schedule(i)) for i in range(14)], rtol=1e-6)
+        np.testing.assert_allclose(seen, [float(lr(i)) for i in range(14)], rtol=1e-6)
 
 
 def _run(tx, params, steps):
