@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jopt.core import check_tree_match
+
 Flat = dict[str, jax.Array]
 """A flat group: dtype name -> 1-D buffer."""
 
@@ -60,6 +62,7 @@ class Layout:
             shape = tuple(jnp.shape(leaf))
             self.slots.append(Slot(name, offset, shape))
             self.sizes[name] = offset + math.prod(shape)
+        self.shapes = [slot.shape for slot in self.slots]
 
     def __len__(self) -> int:
         return len(self.slots)
@@ -69,6 +72,18 @@ class Layout:
         return self.treedef.unflatten(
             [jax.ShapeDtypeStruct(s.shape, self.dtypes[s.bucket]) for s in self.slots]
         )
+
+    def leaves_of(self, tree: Any, what: str = "gradients") -> list[Any]:
+        """The leaves of ``tree`` in layout order, once its structure and shapes are checked.
+
+        The common case costs one tree flatten and one shape comparison per leaf; a mismatch
+        raises ``check_tree_match``'s ``ValueError``, which names the path that differs.
+        """
+        leaves, treedef = jax.tree.flatten(tree)
+        if treedef == self.treedef and [getattr(x, "shape", None) for x in leaves] == self.shapes:
+            return leaves
+        check_tree_match(tree, self.skeleton(), what=what)
+        return self.treedef.flatten_up_to(tree)
 
     def flatten_leaves(self, leaves: list[Any]) -> Flat:
         """Concatenate leaves into the buckets (traceable)."""

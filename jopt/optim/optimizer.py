@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jopt.core import GradientTransformation, apply_updates, check_tree_match
+from jopt.core import GradientTransformation, apply_updates
 from jopt.optim.flat import Flat, Layout
 from jopt.optim.state_layout import from_torch, plain, torch_view, transplant
 
@@ -284,8 +284,7 @@ class Optimizer:
                 )
             leaves = []
             for layout, grad in zip(self._layouts, grads):
-                check_tree_match(grad, layout.skeleton())
-                leaves.append(layout.treedef.flatten_up_to(grad))
+                leaves.append(layout.leaves_of(grad))
             fn = self._compile("grads", statics)
             self._flat, self._states = fn(self._flat, self._states, hps, leaves)
         else:
