@@ -102,6 +102,26 @@ class Checkpoints:
         manager.wait_until_finished()
         return self.directory / str(epoch)
 
+    def record(self, config: dict[str, Any], epoch: int | None = None) -> dict[str, Any]:
+        """The JSON record of the checkpoint at ``epoch`` (the latest by default), checked
+        against ``config``: a ``CheckpointError`` unless readable and written by that run."""
+        epoch = self.latest() if epoch is None else epoch
+        if epoch is None:
+            raise CheckpointError(f"no checkpoint in {self.directory}")
+        where = self.directory / str(epoch)
+        manager = self._open()
+        ocp = self._ocp
+        try:
+            record = manager.restore(
+                epoch, args=ocp.args.Composite(record=ocp.args.JsonRestore())
+            )["record"]
+        except Exception as e:  # orbax raises many kinds; all mean "unreadable"
+            raise CheckpointError(f"cannot read checkpoint {where}: {_reason(e)}") from None
+        if not isinstance(record, dict) or record.get("format") != FORMAT:
+            raise CheckpointError(f"{where} is not a jopt training checkpoint")
+        _check_config(record.get("config", {}), config, where)
+        return record
+
     def restore(
         self, like: Any, config: dict[str, Any], epoch: int | None = None
     ) -> tuple[Any, dict[str, Any]]:
@@ -163,7 +183,12 @@ def _check_config(saved: dict[str, Any], config: dict[str, Any], where: Path) ->
 
 
 def _first_difference(saved: list[Any], want: list[Any]) -> str:
+    def show(leaf: list[Any]) -> str:
+        return f"{leaf[2]} {tuple(leaf[1])}"
+
     for got, exp in zip(saved, want):
+        if got[0] != exp[0]:
+            return f"{got[0]} there where {exp[0]} is here"
         if got != exp:
-            return f"{exp[0] or 'the state'} is {got[1:]} there, {exp[1:]} here"
+            return f"{exp[0] or 'the state'} is {show(got)} there, {show(exp)} here"
     return f"{len(saved)} arrays there, {len(want)} here"

@@ -133,15 +133,20 @@ def epoch_key(key: jax.Array, epoch: jax.Array | int) -> jax.Array:
 
 
 def permutation(key: jax.Array, n: int) -> jax.Array:
-    """A uniformly random permutation of ``range(n)``, ``int32``: the stable argsort of ``n``
-    random 32-bit words.
+    """A uniformly random permutation of ``range(n)``, ``int32``, drawn from ``key``.
 
-    Equivalent in distribution to ``jax.random.permutation`` (one sort round, ties kept in
-    order), with half its random-number work — which matters for how fast a train loop that
-    shuffles inside XLA compiles.
+    For ``n <= 1024`` it sorts ``n`` random 32-bit words whose low 10 bits are replaced by the
+    row index: one sort of plain integers, which XLA:CPU runs several times faster than the
+    comparator sort behind ``argsort`` (and than ``jax.random.permutation``), and which makes
+    every word distinct. Rows whose 22 random high bits tie keep their order (for 120 rows, a
+    tie happens once in about 600 epochs). Larger ``n`` uses ``jax.random.permutation``.
     """
+    if n > 1024:
+        return jax.random.permutation(key, n).astype(jnp.int32)
     words = jax.random.bits(key, (n,), jnp.uint32)
-    return jnp.argsort(words, stable=True).astype(jnp.int32)
+    low = jnp.uint32(1023)
+    keyed = (words & ~low) | jnp.arange(n, dtype=jnp.uint32)
+    return (jnp.sort(keyed) & low).astype(jnp.int32)
 
 
 def batch_indices(

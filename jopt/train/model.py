@@ -136,7 +136,8 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array | None =
     last batch count for nothing).
     """
     logp = jax.nn.log_softmax(logits, axis=-1)
-    nll = -jnp.take_along_axis(logp, labels[..., None], axis=-1)[..., 0]
+    # A one-hot product rather than a gather: elementwise, so XLA fuses it (faster on CPU).
+    nll = -jnp.sum(logp * jax.nn.one_hot(labels, logits.shape[-1], dtype=logp.dtype), axis=-1)
     if mask is None:
         return jnp.mean(nll)
     return jnp.sum(nll * mask) / jnp.sum(mask)

@@ -83,9 +83,21 @@ class RunResult:
         return values[-1] if values else float("nan")
 
 
+_BUILT: dict[RunConfig, tuple[Dataset, Trainer, Any]] = {}
+
+
 def build(config: RunConfig, data: Dataset | None = None) -> tuple[Dataset, Trainer, Any]:
-    """The data, the trainer and the initial parameters of ``config``'s run."""
-    data = load_iris(config.test_size, config.split_seed) if data is None else data
+    """The data, the trainer and the initial parameters of ``config``'s run.
+
+    With the default data the result is kept per configuration, so running a configuration
+    again in the same process reuses its compiled programs.
+    """
+    if data is None:
+        if config not in _BUILT:
+            if len(_BUILT) >= 16:
+                _BUILT.pop(next(iter(_BUILT)))
+            _BUILT[config] = build(config, load_iris(config.test_size, config.split_seed))
+        return _BUILT[config]
     steps = num_batches(len(data.x_train), config.batch_size, config.drop_last)
     graphdef, params = init_model(config.model_fn(data), config.seed)
     optimizer = make_optimizer(config.optimizer, config.lr, config.weight_decay)
@@ -130,6 +142,8 @@ def run(
     ``on_start(first_epoch)`` and ``on_epoch(epoch, metrics)`` report progress; ``stop_after``
     ends the run early after that epoch, as an interruption would.
     """
+    if checkpoints is not None and resume and checkpoints.latest() is not None:
+        checkpoints.record(config.as_record())  # a wrong directory fails before compiling
     data, trainer, params = build(config, data)
     state = trainer.init(params, config.seed)
     history: dict[str, list[float]] = {k: [] for k in METRICS}
@@ -149,8 +163,10 @@ def run(
     last = config.epochs if stop_after is None else min(config.epochs, stop_after)
     if on_start is not None:
         on_start(first)
-    if first < last:
+    compiled_before = trainer.compile_seconds
+    if first < last and not trainer.is_compiled(state, 1):
         trainer.compile(state, data, 1)
+    saving = 0.0
     start = time.perf_counter()
     for epoch in range(first + 1, last + 1):
         state, metrics = trainer.run(state, data, 1)
@@ -160,9 +176,11 @@ def run(
         if on_epoch is not None:
             on_epoch(epoch, row)
         if checkpoints is not None and (epoch % checkpoint_every == 0 or epoch == config.epochs):
+            began = time.perf_counter()
             checkpoints.save(state, config.as_record(), history)
+            saving += time.perf_counter() - began
     jax.block_until_ready(state)
-    seconds = time.perf_counter() - start
+    seconds = time.perf_counter() - start - saving
     lr = history["lr"][-1] if history["lr"] else float("nan")
     return RunResult(
         config,
@@ -170,7 +188,7 @@ def run(
         state,
         trainer.graphdef,
         lr,
-        trainer.compile_seconds,
+        trainer.compile_seconds - compiled_before,
         seconds,
         resumed_from,
         checkpoints.epochs() if checkpoints is not None else [],

@@ -160,7 +160,7 @@ def set_hyperparams(opt_state: Any, **values: Any) -> Any:
         for name, value in values.items():
             if name not in hyper:
                 raise KeyError(f"the optimizer has no injected hyperparameter {name!r}")
-            hyper[name] = jnp.asarray(value, jnp.result_type(hyper[name]))
+            hyper[name] = _like(value, hyper[name])
         return opt_state._replace(hyperparams=hyper)
     if isinstance(opt_state, tuple | list):
         children = list(opt_state)
@@ -176,6 +176,17 @@ def set_hyperparams(opt_state: Any, **values: Any) -> Any:
         "the optimizer state holds no hyperparameters: build the optimizer with "
         "jopt.inject_hyperparams(...) to set them"
     )
+
+
+def _like(value: Any, old: Any) -> jax.Array:
+    """``value`` with the dtype of ``old``, weakly typed where ``old`` is (a Python float
+    assigned over a Python float's array keeps the jitted step's signature)."""
+    dtype = jnp.result_type(old)
+    if getattr(old, "weak_type", False) and isinstance(value, int | float):
+        weak = jnp.asarray(float(value))
+        if weak.dtype == dtype:
+            return weak
+    return jnp.asarray(value, dtype)
 
 
 def _is_namedtuple(x: Any) -> bool:
