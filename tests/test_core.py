@@ -21,6 +21,7 @@ from conftest import (
     jax_grads,
     loss,
     make_params,
+    numpy_grads,
     to_torch,
     torch_grads,
     torch_optimizer,
@@ -168,9 +169,15 @@ SCHEDULES = {
 }
 
 
-@pytest.mark.parametrize("schedule", sorted(SCHEDULES))
-@pytest.mark.parametrize("inject", [True, False], ids=["injected", "plain"])
-@pytest.mark.parametrize("name", ["sgd", "adam"])
+@pytest.mark.parametrize(
+    ("name", "inject", "schedule"),
+    [
+        ("sgd", True, "optax-cosine"),
+        ("adam", True, "exponential-lambda"),
+        ("sgd", False, "exponential-lambda"),
+        ("adam", False, "optax-cosine"),
+    ],
+)
 def test_schedule_as_lr(name: str, inject: bool, schedule: str) -> None:
     """lr = schedule(t) on update t (0, 1, ...), as torch with the lr set before each step;
     one trace (the schedule's value has the same type in init and in the jitted update)."""
@@ -208,7 +215,7 @@ def _run(tx, params, steps):
 FACTORS = np.geomspace(0.25, 4.0, 8)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", ["sgd", "adam", "rmsprop", "adagrad"])
 def test_vmap_over_injected_lr_equals_separate_runs(name: str) -> None:
     params = jax.tree.map(jnp.asarray, make_params())
     tx = jopt.inject_hyperparams(getattr(jopt, name))(**RICH[name])
@@ -245,7 +252,7 @@ def test_vmap_over_lr_argument_equals_separate_runs() -> None:
         assert_tree_close(jax.tree.map(lambda x, k=k: x[k], batched), run(lr), 1e-5, f"lr={lr}")
 
 
-@pytest.mark.parametrize("name", ["sgd", "adam"])
+@pytest.mark.parametrize("name", ["adam"])
 def test_vmap_over_a_batch_of_parameter_trees(name: str) -> None:
     """An ensemble: vmap over 4 parameter trees equals 4 separate runs."""
     tx = getattr(jopt, name)(**RICH[name])
@@ -256,19 +263,15 @@ def test_vmap_over_a_batch_of_parameter_trees(name: str) -> None:
         assert_tree_close(jax.tree.map(lambda x, k=k: x[k], batched), run(tree), 1e-6, f"#{k}")
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_jit_equals_eager(name: str) -> None:
-    tx = getattr(jopt, name)(**RICH[name])
-    grad = jax_grads
-    step, _ = counted_step(tx)
-    eager = jitted = jax.tree.map(jnp.asarray, make_params())
-    s_eager = s_jit = tx.init(eager)
-    for i in range(3):
-        u, s_eager = tx.update(grad(eager), s_eager, eager)
-        eager = jopt.apply_updates(eager, u)
-        jitted, s_jit = step(jitted, s_jit, grad(jitted))
-        assert_tree_close(jitted, eager, 1e-6, f"step {i + 1}")
-    assert_tree_close(s_jit, s_eager, 1e-5, "state")
+def test_numpy_gradient_is_the_loss_gradient(dtype: str) -> None:
+    """The closed-form gradient the oracle runs feed to both frameworks is ``loss``'s, by
+    jax's and by torch's autodiff."""
+    params = make_params(dtype)
+    ours = numpy_grads(params)
+    assert_tree_close(jax_grads(jax.tree.map(jnp.asarray, params)), ours, RTOL[dtype])
+    tparams = to_torch(params)
+    theirs = torch.autograd.grad(loss(tparams, torch), list(tparams.values()))
+    assert_tree_close(dict(zip(tparams, (g.numpy() for g in theirs))), ours, RTOL[dtype])
 
 
 # --------------------------------------------------------------------------------------------
@@ -411,7 +414,8 @@ def _poison(grads):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_nonfinite_gradients_propagate_as_in_torch(name: str) -> None:
-    """Not hidden: a NaN or inf gradient reaches the parameters exactly where torch's does."""
+    """Not hidden: a NaN or inf gradient reaches the parameters exactly where torch's does,
+    and the finite entries stay torch's. (Eager: the path without jit, against torch.)"""
     kwargs = RICH[name]
     params = make_params()
     tparams = to_torch(params)
@@ -423,8 +427,8 @@ def test_nonfinite_gradients_propagate_as_in_torch(name: str) -> None:
         grads = torch_grads(tparams)
         if i == 1:
             grads = _poison(grads)
-            for t, g in zip(tparams.values(), grads.values()):
-                t.grad = torch.from_numpy(g)
+            for key, t in tparams.items():
+                t.grad = torch.from_numpy(grads[key])
         reference.step()
         updates, state = tx.update(grads, state, jparams)
         jparams = jopt.apply_updates(jparams, updates)
@@ -432,6 +436,7 @@ def test_nonfinite_gradients_propagate_as_in_torch(name: str) -> None:
         for key, ours in jparams.items():
             np.testing.assert_array_equal(np.isnan(ours), np.isnan(theirs[key]), key)
             np.testing.assert_array_equal(np.isinf(ours), np.isinf(theirs[key]), key)
+        assert_tree_close(jparams, theirs, RTOL["float32"], f"step {i + 1}", params)
     assert not all(np.isfinite(x).all() for x in jax.tree.leaves(jparams))
 
 

@@ -34,8 +34,8 @@ def _grads_with_torch(scale: float, dtype: str):
     """The shared gradients times ``scale``: as NumPy, and set as ``.grad`` of torch tensors."""
     tparams = to_torch(make_params(dtype))
     grads = {k: g * np.asarray(scale, dtype) for k, g in torch_grads(tparams).items()}
-    for t, g in zip(tparams.values(), grads.values()):
-        t.grad = torch.from_numpy(g.copy())
+    for key, t in tparams.items():
+        t.grad = torch.from_numpy(grads[key].copy())
     return grads, tparams
 
 
@@ -216,9 +216,8 @@ BUILT = {name: make() for name, make in TRANSFORMS.items()}
 JITTED = {name: jax.jit(tx.update) for name, tx in BUILT.items()}
 
 # Tree layouts (zeros stand for leaves): nested containers, a None, a scalar. Few, so that
-# compilations are shared between examples.
+# compilations are shared between examples (the values are what hypothesis explores).
 LAYOUTS = [
-    {"w": np.zeros((4, 3)), "b": np.zeros(3)},
     {"layers": [{"kernel": np.zeros((2, 3)), "bias": np.zeros(3)}, (np.zeros(()), None)]},
 ]
 DTYPES = ["float32", "bfloat16", "float16"]
