@@ -352,6 +352,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
     checkpoints = None
     if args.checkpoint_dir is not None:
         checkpoints = Checkpoints(args.checkpoint_dir, keep=args.keep)
+        try:  # fail before compiling anything: a wrong directory is a usage error
+            if args.resume and checkpoints.latest() is not None:
+                checkpoints.record(config.as_record())
+            elif not args.resume and checkpoints.epochs():
+                raise CheckpointError(
+                    f"{checkpoints.directory} already holds checkpoints (epochs "
+                    f"{', '.join(map(str, checkpoints.epochs()))}); pass --resume to continue "
+                    "them or choose another --checkpoint-dir"
+                )
+        except CheckpointError as e:
+            raise UsageError(str(e)) from None
     lr = config.lr if config.lr is not None else DEFAULT_LR[config.optimizer]
     progress = _progress(console, f"{config.optimizer} lr={lr:g}")
     with progress:
@@ -365,7 +376,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             progress.update(task, completed=epoch, status=status)
 
         try:
-            result = run(config, data=data, checkpoints=checkpoints,
+            result = run(config, checkpoints=checkpoints,
                          checkpoint_every=args.checkpoint_every, resume=args.resume,
                          on_epoch=on_epoch, on_start=on_start)
         except CheckpointError as e:
@@ -467,7 +478,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
                          name: str = config.optimizer) -> None:
                 progress.update(task, completed=done + epoch, status=name)
 
-            results.append(run(config, data=data, on_epoch=on_epoch))
+            results.append(run(config, on_epoch=on_epoch))
     report = _compile_report(setup)
     table = Table(title=f"Iris, {args.epochs} epochs, batch {args.batch_size}",
                   title_justify="left")

@@ -1,0 +1,166 @@
+"""The jopt command: its outputs (JSON, tables, PNGs), checkpoints, errors, and the cache."""
+
+import json
+import os
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import jax
+import pytest
+
+from jopt.cli import main
+
+# Start JAX's backend now: in-process runs of main() then leave the XLA flags of this test
+# process alone (main() only tunes them in a process where the backend has not started).
+jax.devices()
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def last_json(out: str) -> dict:
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def assert_png(path: Path) -> None:
+    data = path.read_bytes()
+    assert data[:8] == PNG
+    assert len(data) > 10_000  # a drawn figure, not an empty canvas
+
+
+def test_console_script_is_declared():
+    scripts = {e.name: e.value for e in metadata.entry_points(group="console_scripts")}
+    assert scripts.get("jopt") == "jopt.cli:main"
+
+
+def test_train_json_table_and_plot(capsys, tmp_path):
+    plot = tmp_path / "run.png"
+    code = main(["train", "--json", "--no-cache", "--plot", str(plot)])
+    out, err = capsys.readouterr()
+    assert code == 0
+    summary = last_json(out)
+    for key in ("optimizer", "epochs", "final_train_loss", "final_test_loss", "test_accuracy",
+                "train_seconds", "compile_seconds"):
+        assert key in summary
+    assert summary["optimizer"] == "adam" and summary["epochs"] == 100
+    assert len(summary["history"]["test_accuracy"]) == 100
+    assert summary["test_accuracy"] >= 0.9 - 1e-6  # the defaults train Adam to 0.9
+    assert "train loss" in err and "test acc" in err  # the table, on stderr with --json
+    assert out.strip().count("\n") == 0  # stdout holds the JSON line only
+    assert_png(plot)
+
+
+def test_train_without_json_prints_the_table(capsys):
+    assert main(["train", "--no-cache", "--log-every", "25"]) == 0
+    out, _ = capsys.readouterr()
+    assert "test acc" in out and "│    25 │" in out and "│   100 │" in out
+    assert "│    10 │" not in out
+
+
+def test_compare_json_and_plot(capsys, tmp_path):
+    plot = tmp_path / "curves.png"
+    code = main(["compare", "--optimizers", "sgd,adam", "--json", "--no-cache", "--plot",
+                 str(plot)])
+    out, _ = capsys.readouterr()
+    assert code == 0
+    results = last_json(out)["results"]
+    assert [r["optimizer"] for r in results] == ["sgd", "adam"]
+    assert all(r["test_accuracy"] >= 0.9 - 1e-6 for r in results)
+    assert_png(plot)
+
+
+def test_sweep_json_and_plot(capsys, tmp_path):
+    plot = tmp_path / "sweep.png"
+    code = main(["sweep", "--runs", "5", "--lr-min", "1e-3", "--lr-max", "0.1", "--epochs",
+                 "12", "--json", "--no-cache", "--plot", str(plot)])
+    out, _ = capsys.readouterr()
+    assert code == 0
+    summary = last_json(out)
+    assert summary["runs"] == 5 and len(summary["lrs"]) == 5
+    assert summary["best_lr"] in summary["lrs"]
+    assert summary["best_test_accuracy"] == max(summary["test_accuracy"])
+    assert summary["seconds"] > 0
+    assert_png(plot)
+
+
+def test_checkpoint_flags(capsys, tmp_path):
+    ckpt = str(tmp_path / "ckpt")
+    args = ["train", "--no-cache", "--json", "--checkpoint-dir", ckpt, "--checkpoint-every",
+            "40", "--keep", "2"]
+    assert main(args) == 0
+    first = last_json(capsys.readouterr()[0])
+    assert first["checkpoints"] == [80, 100]
+    assert main(args) == 2  # would overwrite
+    err = capsys.readouterr()[1]
+    assert "already holds checkpoints" in err and err.count("\n") == 1
+    assert main(args + ["--resume"]) == 0
+    again = last_json(capsys.readouterr()[0])
+    assert again["resumed_from"] == 100 and again["history"] == first["history"]
+    assert main(args + ["--resume", "--lr", "0.3"]) == 2
+    err = capsys.readouterr()[1]
+    assert "different run: lr" in err and err.count("\n") == 1
+    assert sorted(os.listdir(ckpt)) == ["100", "80"]
+
+
+BAD = [
+    (["train", "--optimizer", "adm"], "did you mean 'adam'"),
+    (["train", "--schedule", "cosin"], "did you mean 'cosine'"),
+    (["compare", "--optimizers", "sgd,rmsprp"], "did you mean 'rmsprop'"),
+    (["trian"], "did you mean 'train'"),
+    (["train", "--lr", "-0.1"], "--lr: must be non-negative"),
+    (["train", "--epochs", "-5"], "--epochs: must be positive"),
+    (["train", "--epochs", "0"], "--epochs: must be positive"),
+    (["train", "--batch-size", "0"], "--batch-size: must be positive"),
+    (["train", "--batch-size", "121"], "larger than the training set (120 rows)"),
+    (["train", "--plot", "/nonexistent-dir/x.png"], "does not exist"),
+    (["train", "--plot", "run.jpeg"], "must end in"),
+    (["train", "--resume"], "--resume needs --checkpoint-dir"),
+    (["train", "--lr", "fast"], "must be a number"),
+    (["train", "--hidden", "16,x"], "comma-separated integers"),
+    (["train", "--activation", "rleu"], "did you mean 'relu'"),
+    (["sweep", "--lr-min", "1", "--lr-max", "0.01"], "above --lr-max"),
+    (["train", "--optimizer", "adam", "--weight-decay", "-1"], "must be non-negative"),
+]
+
+
+@pytest.mark.parametrize("argv, message", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_input_exits_2_with_one_line(capsys, argv, message):
+    assert main([*argv, "--no-cache"] if argv != ["trian"] else argv) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.count("\n") == 1 and message in err, err
+    assert err.startswith("jopt") and "Traceback" not in err
+
+
+def test_unwritable_plot_directory(capsys, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("running as a user who can write anywhere")
+        assert main(["train", "--no-cache", "--plot", str(locked / "x.png")]) == 2
+        assert "cannot write plot" in capsys.readouterr()[1]
+    finally:
+        locked.chmod(0o700)
+
+
+def run_module(args: list[str], cache: Path) -> dict:
+    env = {**os.environ, "JOPT_CACHE_DIR": str(cache)}
+    env.pop("XLA_FLAGS", None)
+    done = subprocess.run([sys.executable, "-m", "jopt", *args], capture_output=True, text=True,
+                          env=env, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    return last_json(done.stdout)
+
+
+def test_python_m_jopt_and_the_compilation_cache(tmp_path):
+    args = ["train", "--epochs", "5", "--json"]
+    first = run_module(args, tmp_path / "cache")
+    assert first["programs_compiled"] >= 2 and first["cache_hits"] == 0
+    second = run_module(args, tmp_path / "cache")
+    assert second["programs_compiled"] == 0  # everything came from the cache
+    assert second["cache_hits"] == first["programs_compiled"]
+    assert second["final_train_loss"] == first["final_train_loss"]
+    assert any((tmp_path / "cache").iterdir())
