@@ -457,7 +457,7 @@ def _add_compare(sub: Any) -> None:
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     setup = _setup(args)
-    data = _load_data(args)
+    _load_data(args)  # checks --test-size and --batch-size against the data
     configs = [_config(args, optimizer=name) for name in args.optimizers]
     for config in configs:
         _check_optimizer_args(config)
