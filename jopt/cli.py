@@ -629,9 +629,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = None
     try:
         args = build_parser().parse_args(argv)
-        from jopt.train.cache import tune_xla_for_small_programs
-
-        tune_xla_for_small_programs()
         return args.handler(args)
     except UsageError as e:
         message = str(e).strip().splitlines()[0] if str(e).strip() else "bad input"

@@ -7,14 +7,9 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-import jax
 import pytest
 
 from jopt.cli import main
-
-# Start JAX's backend now: in-process runs of main() then leave the XLA flags of this test
-# process alone (main() only tunes them in a process where the backend has not started).
-jax.devices()
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

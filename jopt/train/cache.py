@@ -5,8 +5,6 @@
 at zero, so even the small programs of an Iris run are kept: a second identical run loads its
 executables from disk instead of compiling them.
 
-``tune_xla_for_small_programs`` picks XLA:CPU flags that compile small programs faster.
-
 ``CompileCounter`` listens to JAX's monitoring events and measures, between ``start()`` and
 ``stop()``, the seconds spent tracing, lowering and compiling (or loading from the cache), the
 programs compiled, and the cache's hits and misses.
@@ -22,12 +20,10 @@ from pathlib import Path
 import jax
 
 __all__ = [
-    "SMALL_PROGRAM_FLAGS",
     "CompileCounter",
     "CompileStats",
     "default_cache_dir",
     "enable_compile_cache",
-    "tune_xla_for_small_programs",
 ]
 
 _TRACE = "/jax/core/compile/jaxpr_trace_duration"
@@ -148,24 +144,3 @@ class CompileCounter:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-
-SMALL_PROGRAM_FLAGS = ("--xla_cpu_use_fusion_emitters=false",)
-"""XLA:CPU flags for the small programs of the Iris recipe: the legacy fusion emitters compile
-them about twice as fast, at about the same run time (see the README's benchmark figures)."""
-
-
-def tune_xla_for_small_programs() -> bool:
-    """Add ``SMALL_PROGRAM_FLAGS`` to ``XLA_FLAGS`` unless the user set them or JAX's backend
-    already started (flags are read once, when it starts). Returns whether they were added."""
-    try:
-        from jax._src.xla_bridge import backends_are_initialized
-    except ImportError:  # pragma: no cover - a JAX without it: set the flags anyway
-        backends_are_initialized = bool
-    if backends_are_initialized():
-        return False
-    current = os.environ.get("XLA_FLAGS", "")
-    names = {flag.split("=")[0] for flag in current.split()}
-    added = [f for f in SMALL_PROGRAM_FLAGS if f.split("=")[0] not in names]
-    if added:
-        os.environ["XLA_FLAGS"] = " ".join([current, *added]).strip()
-    return bool(added)

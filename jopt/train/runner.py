@@ -21,7 +21,7 @@ from jopt.train.checkpoint import CheckpointError, Checkpoints
 from jopt.train.data import Dataset, load_iris, num_batches
 from jopt.train.model import MLP
 from jopt.train.recipes import make_lr_schedule, make_optimizer
-from jopt.train.steps import METRICS, Plateau, Trainer, TrainState, init_model
+from jopt.train.steps import METRICS, Plateau, Trainer, TrainState, device_data, init_model
 
 __all__ = ["RunConfig", "RunResult", "run"]
 
@@ -159,17 +159,18 @@ def run(
                 f"{', '.join(map(str, checkpoints.epochs()))}); resume them or use another "
                 "directory"
             )
+    arrays = device_data(data)
     first = int(state.epoch)
     last = config.epochs if stop_after is None else min(config.epochs, stop_after)
     if on_start is not None:
         on_start(first)
     compiled_before = trainer.compile_seconds
     if first < last and not trainer.is_compiled(state, 1):
-        trainer.compile(state, data, 1)
+        trainer.compile(state, arrays, 1)
     saving = 0.0
     start = time.perf_counter()
     for epoch in range(first + 1, last + 1):
-        state, metrics = trainer.run(state, data, 1)
+        state, metrics = trainer.run(state, arrays, 1)
         row = {k: float(np.asarray(v)[0]) for k, v in metrics.items()}
         for k in METRICS:
             history[k].append(row[k])
