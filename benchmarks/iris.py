@@ -193,6 +193,40 @@ class TorchLoop:
             self.torch.set_num_threads(default)
 
 
+def compile_worker(epochs: int) -> dict[str, float]:
+    """In a fresh process: seconds to trace + compile the Iris train step and the whole run."""
+    graphdef, params, data = model_and_data()
+    opt = jopt.adam(lr=LR)
+    x, y = data.x_train[:BATCH], data.y_train[:BATCH]
+    start = time.perf_counter()
+    lowered = train.make_train_step(graphdef, opt, L2).lower(params, opt.init(params), x, y)
+    traced = time.perf_counter() - start
+    start = time.perf_counter()
+    lowered.compile()
+    step_compile = time.perf_counter() - start
+    trainer = train.Trainer(graphdef, opt, len(data.x_train), BATCH, l2=L2)
+    trainer.compile(trainer.init(params), data, epochs)
+    return {
+        "step_trace_lower_s": traced,
+        "step_compile_s": step_compile,
+        "step_total_s": traced + step_compile,
+        "scan_fit_program_s": trainer.compile_seconds,
+    }
+
+
+def compile_times(epochs: int) -> dict[str, Any]:
+    """``compile_worker`` in fresh processes: XLA's default flags, and the legacy CPU emitters."""
+    out = {}
+    variants = [("default flags", ""), ("legacy emitters", "--xla_cpu_use_fusion_emitters=false")]
+    for label, flags in variants:
+        cmd = [__file__, "--compile-worker", "--epochs", str(epochs)]
+        proc = common.run_python(cmd, env={"XLA_FLAGS": flags, "JOPT_CACHE_DIR": ""}, timeout=600)
+        if proc.returncode != 0:
+            raise RuntimeError(f"compile worker failed:\n{proc.stderr[-3000:]}")
+        out[label] = {"xla_flags": flags, **json.loads(proc.stdout.strip().splitlines()[-1])}
+    return out
+
+
 def process_times(epochs: int, repeats: int) -> dict[str, Any]:
     """Wall seconds of whole processes: ``jopt train`` (cold and warm cache) and torch's script."""
     out: dict[str, Any] = {}
@@ -231,10 +265,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--no-process", action="store_true", help="skip the CLI process timing")
+    parser.add_argument("--no-compile", action="store_true", help="skip the fresh-process compiles")
+    parser.add_argument("--compile-worker", action="store_true", help="internal")
     args = parser.parse_args(argv)
     epochs = args.epochs or (3 if args.quick else 100)
     repeats = args.repeats or (1 if args.quick else 7)
-    jax.config.update("jax_enable_compilation_cache", False)  # compile times without the cache
+    if args.compile_worker:
+        print(json.dumps(compile_worker(epochs)))
+        return {}
     info = common.machine()
     print(f"# Iris, {epochs} epochs, batch {BATCH}, on {info['cpu']} ({info['cores']} cores)")
     print(f"# load {info['load_average_start']}, torch threads {info.get('torch_threads')}")
@@ -283,6 +321,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"the single train step (jopt step loop) in {contenders['jopt step loop'].compile_s:.2f} s"
     )
 
+    compiles = {} if args.no_compile else compile_times(epochs)
+    if compiles:
+        crow = [
+            {"XLA flags": k, **{n: v for n, v in c.items() if n != "xla_flags"}}
+            for k, c in compiles.items()
+        ]
+        print("\ncompile seconds in a fresh process (no persistent cache):")
+        print(common.table(crow, list(crow[0])))
+
     processes = {} if args.no_process else process_times(epochs, 1 if args.quick else 3)
     if processes:
         prow = [
@@ -302,6 +349,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "epochs": epochs,
         "steps_per_run": steps,
         "results": records,
+        "compile": compiles,
         "processes": processes,
     }
     if not args.no_json:
@@ -310,5 +358,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    jax.config.update("jax_enable_compilation_cache", False)  # compile times without it
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     main()

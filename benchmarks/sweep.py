@@ -153,7 +153,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     epochs = args.epochs or (3 if args.quick else 100)
     repeats = args.repeats or (1 if args.quick else 5)
     torch_runs = args.torch_runs or (2 if args.quick else 16)
-    jax.config.update("jax_enable_compilation_cache", False)
     info = common.machine()
     print(f"# Iris sweeps, {epochs} epochs, on {info['cpu']} ({info['cores']} cores)")
     print(f"# load {info['load_average_start']}, torch threads {info.get('torch_threads')}")
@@ -216,4 +215,5 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    jax.config.update("jax_enable_compilation_cache", False)  # compile times without it
     main()
