@@ -129,6 +129,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="L2 penalty l2/2*|W|^2 on the weight matrices in the loss "
                         "(default 1e-3)")
     p.add_argument("--schedule", type=_choice(SCHEDULE_NAMES, "schedule"), default="none",
+                   metavar="NAME",
                    help="learning-rate schedule, counted in epochs (onecycle: in steps): "
                         + ", ".join(SCHEDULE_NAMES))
     p.add_argument("--gamma", type=_number(float, "--gamma", 0.0, strict=True), default=None,
@@ -136,8 +137,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--step-size", type=_number(int, "--step-size", 0, strict=True),
                    default=None, help="epochs between decays of 'step' (default epochs // 3)")
     p.add_argument("--milestones", type=_int_list("--milestones"), default=None,
+                   metavar="EPOCHS",
                    help="epochs of the decays of 'multistep' (default 50%%,75%% of epochs)")
-    p.add_argument("--hidden", type=_int_list("--hidden"), default=(16,),
+    p.add_argument("--hidden", type=_int_list("--hidden"), default=(16,), metavar="SIZES",
                    help="hidden layer sizes, comma-separated (default 16)")
     p.add_argument("--activation", default="relu", help="relu, tanh, gelu, silu, ...")
     p.add_argument("--init", default="torch",
@@ -321,10 +323,11 @@ def _add_train(sub: Any) -> None:
     p = sub.add_parser("train", help="train the MLP on Iris with one optimizer",
                        description="Train the 4-16-3 MLP on Iris with one optimizer.")
     p.add_argument("--optimizer", type=_choice(OPTIMIZER_NAMES, "optimizer"), default="adam",
-                   help=", ".join(OPTIMIZER_NAMES) + " (default adam)")
+                   metavar="NAME", help=", ".join(OPTIMIZER_NAMES) + " (default adam)")
     _add_lr(p)
     _add_common(p)
-    p.add_argument("--checkpoint-dir", default=None, help="save checkpoints here (orbax)")
+    p.add_argument("--checkpoint-dir", default=None, metavar="DIR",
+                   help="save checkpoints here (orbax)")
     p.add_argument("--checkpoint-every", type=_number(int, "--checkpoint-every", 0, True),
                    default=25, help="epochs between checkpoints (default 25; and the last)")
     p.add_argument("--keep", type=_number(int, "--keep", 0, strict=True), default=3,
@@ -332,7 +335,7 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue from the newest checkpoint in --checkpoint-dir")
     p.add_argument("--log-every", type=_number(int, "--log-every", 0, strict=True),
-                   default=10, help="epochs between rows of the table (default 10)")
+                   default=10, metavar="N", help="epochs between rows of the table (default 10)")
     p.set_defaults(handler=_cmd_train)
 
 
@@ -393,7 +396,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "schedule": config.schedule,
         "epochs": config.epochs,
         "batch_size": config.batch_size,
-        "weight_decay": config.weight_decay,
+        "weight_decay": _weight_decay(config),
         "l2": config.l2,
         "hidden": list(config.hidden),
         "seed": config.seed,
@@ -426,6 +429,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _weight_decay(config: Any) -> float:
+    """The weight decay the run used: the flag, else the optimizer's (torch's) default."""
+    if config.weight_decay is not None:
+        return config.weight_decay
+    import inspect
+
+    from jopt.train.recipes import OPTIMIZERS
+
+    return inspect.signature(OPTIMIZERS[config.optimizer]).parameters["weight_decay"].default
+
+
 def _steps(data: Any, config: Any) -> int:
     from jopt.train.data import num_batches
 
@@ -448,8 +462,9 @@ def _write_plot(draw: Callable[[], Any], path: str, console: Any) -> None:
 def _add_compare(sub: Any) -> None:
     p = sub.add_parser("compare", help="train several optimizers and compare their curves",
                        description="Train the Iris MLP with several optimizers, same seed.")
-    p.add_argument("--optimizers", type=_optimizer_list, default=("sgd", "momentum", "rmsprop",
-                   "adam"), help="comma-separated (default sgd,momentum,rmsprop,adam)")
+    p.add_argument("--optimizers", type=_optimizer_list, metavar="NAMES",
+                   default=("sgd", "momentum", "rmsprop", "adam"),
+                   help="comma-separated (default sgd,momentum,rmsprop,adam)")
     _add_lr(p)
     _add_common(p)
     p.set_defaults(handler=_cmd_compare)
@@ -520,10 +535,14 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 def _add_sweep(sub: Any) -> None:
     p = sub.add_parser("sweep", help="train many learning rates at once (vmap, one compile)",
                        description="Train --runs learning rates, log-spaced, in one program.")
-    p.add_argument("--optimizer", type=_choice(OPTIMIZER_NAMES, "optimizer"), default="adam")
-    p.add_argument("--lr-min", type=_number(float, "--lr-min", 0.0, strict=True), default=1e-4)
-    p.add_argument("--lr-max", type=_number(float, "--lr-max", 0.0, strict=True), default=1.0)
-    p.add_argument("--runs", type=_number(int, "--runs", 0, strict=True), default=256)
+    p.add_argument("--optimizer", type=_choice(OPTIMIZER_NAMES, "optimizer"), default="adam",
+                   metavar="NAME", help=", ".join(OPTIMIZER_NAMES) + " (default adam)")
+    p.add_argument("--lr-min", type=_number(float, "--lr-min", 0.0, strict=True), default=1e-4,
+                   help="smallest learning rate (default 1e-4)")
+    p.add_argument("--lr-max", type=_number(float, "--lr-max", 0.0, strict=True), default=1.0,
+                   help="largest learning rate (default 1)")
+    p.add_argument("--runs", type=_number(int, "--runs", 0, strict=True), default=256,
+                   help="learning rates, log-spaced (default 256)")
     p.add_argument("--vary-seed", action="store_true",
                    help="give run k the seed --seed + k (default: all runs share --seed)")
     _add_common(p)
@@ -630,6 +649,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         return args.handler(args)
+    except KeyboardInterrupt:
+        print("jopt: interrupted (checkpoints already written are complete)", file=sys.stderr)
+        return 130
     except UsageError as e:
         message = str(e).strip().splitlines()[0] if str(e).strip() else "bad input"
         if not message.startswith("jopt"):

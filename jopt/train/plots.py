@@ -59,11 +59,18 @@ def _save(fig: Any, path: str | os.PathLike[str]) -> Path:
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=120, format=path.suffix.lstrip(".").lower())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 is for the temporary name only
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def plot_history(
