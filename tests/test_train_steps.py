@@ -12,8 +12,9 @@ from flax import nnx
 import jopt
 from jopt.train import MLP, Trainer, fit, init_model, load_iris, set_hyperparams, sweep
 from jopt.train.cache import CompileCounter
+from jopt.train.lr import find_hyperparams
 from jopt.train.runner import RunConfig, run
-from jopt.train.steps import find_hyperparams, make_train_step
+from jopt.train.steps import make_train_step
 
 
 @pytest.fixture(scope="module")

@@ -17,21 +17,16 @@ resume, progress) as a function.
 """
 
 from jopt.train.data import DataLoader, Dataset, batch_indices, load_iris
+from jopt.train.fit import FitResult, SweepResult, fit, sweep
+from jopt.train.lr import METRICS, Plateau, find_hyperparams, set_hyperparams
 from jopt.train.model import MLP, cross_entropy, l2_penalty, merge_params, split_params
 from jopt.train.steps import (
-    METRICS,
-    FitResult,
-    Plateau,
-    SweepResult,
     Trainer,
     TrainState,
-    find_hyperparams,
-    fit,
+    device_data,
     init_model,
     init_params,
     make_train_step,
-    set_hyperparams,
-    sweep,
 )
 
 __all__ = [
@@ -46,6 +41,7 @@ __all__ = [
     "Trainer",
     "batch_indices",
     "cross_entropy",
+    "device_data",
     "find_hyperparams",
     "fit",
     "init_model",

@@ -23,7 +23,7 @@ import jax
 import jopt
 from jopt import schedules as S
 from jopt.core import GradientTransformation, inject_hyperparams
-from jopt.train.steps import LrSchedule, Plateau
+from jopt.train.lr import LrSchedule, Plateau
 
 __all__ = [
     "DEFAULT_LR",

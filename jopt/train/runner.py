@@ -19,9 +19,10 @@ import numpy as np
 
 from jopt.train.checkpoint import CheckpointError, Checkpoints
 from jopt.train.data import Dataset, load_iris, num_batches
+from jopt.train.lr import METRICS, Plateau
 from jopt.train.model import MLP
 from jopt.train.recipes import make_lr_schedule, make_optimizer
-from jopt.train.steps import METRICS, Plateau, Trainer, TrainState, device_data, init_model
+from jopt.train.steps import Trainer, TrainState, device_data, init_model
 
 __all__ = ["RunConfig", "RunResult", "run"]
 

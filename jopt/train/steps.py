@@ -1,4 +1,4 @@
-"""Compiled training: a donated train step, an epoch as one ``lax.scan``, ``fit`` and ``sweep``.
+"""Compiled training: a donated train step, and epochs as one XLA program (``Trainer``).
 
 Everything runs on the pure form of the model, ``(graphdef, params)``: the parameters, the
 optimizer state, the epoch counter and the shuffling key form a ``TrainState`` pytree, and an
@@ -6,6 +6,7 @@ epoch is a pure function of it — shuffle with ``jax.random``, gather the batch
 train step over them, evaluate on the test set. ``Trainer`` compiles ``epochs`` of that (one
 XLA program, the state's buffers donated) and ``vmap``-s it for sweeps, where a batch of
 states differs only in data (learning rates, weight decays, seeds), so K runs are one compile.
+``fit`` and ``sweep`` (in :mod:`jopt.train.fit`) drive it.
 
 Learning rates: an optimizer built with a schedule (``jopt.adam(lr=schedule)``) follows it by
 itself. A ``Trainer`` given ``lr_schedule=(base_lr, step) -> lr`` instead writes the learning
@@ -30,46 +31,19 @@ import optax
 from flax import nnx
 
 from jopt.core import GradientTransformation
-from jopt.plateau import (
-    ReduceOnPlateauState,
-    check_plateau_args,
-    mode_worse,
-    plateau_step,
-)
 from jopt.train.data import Dataset, batch_indices, epoch_key, num_batches, shuffle_key
-from jopt.train.model import (
-    MLP,
-    apply,
-    cross_entropy,
-    loss_and_metrics,
-    merge_params,
-    split_params,
-)
+from jopt.train.lr import LrSchedule, Plateau, current_lr, find_hyperparams, set_hyperparams
+from jopt.train.model import apply, cross_entropy, loss_and_metrics, split_params
 
 __all__ = [
-    "METRICS",
-    "FitResult",
-    "Plateau",
-    "SweepResult",
     "TrainState",
     "Trainer",
-    "find_hyperparams",
-    "fit",
-    "init_model",
     "device_data",
+    "init_model",
     "init_params",
     "make_train_step",
-    "set_hyperparams",
     "small_program_options",
-    "sweep",
 ]
-
-METRICS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr")
-"""The per-epoch history: mean training cross-entropy over the epoch's batches (what a torch
-script's running loss reports), training accuracy over the same batches, cross-entropy and
-accuracy on the test set after the epoch, and the learning rate of the epoch's last step."""
-
-LrSchedule = Callable[[jax.Array, jax.Array], jax.Array]
 
 
 class TrainState(NamedTuple):
@@ -87,120 +61,6 @@ class TrainState(NamedTuple):
     key: jax.Array
     base_lr: jax.Array
     plateau: Any = None
-
-
-@dataclasses.dataclass(frozen=True)
-class Plateau:
-    """torch's ``ReduceLROnPlateau`` stepped once per epoch on a metric of the epoch.
-
-    Where a torch script calls ``scheduler.step(metric)`` after each epoch, a ``Trainer`` given
-    ``plateau=Plateau(patience=10)`` applies :func:`jopt.plateau_step` to ``metric`` (one of
-    ``METRICS``; the epoch's training loss by default) and trains the next epoch at the rate
-    it sets. The arguments are torch's.
-    """
-
-    mode: str = "min"
-    factor: float = 0.1
-    patience: int = 10
-    threshold: float = 1e-4
-    threshold_mode: str = "rel"
-    cooldown: int = 0
-    min_lr: float = 0.0
-    eps: float = 1e-8
-    metric: str = "train_loss"
-
-    def __post_init__(self) -> None:
-        check_plateau_args(self.mode, self.factor, self.threshold_mode)
-        if self.metric not in METRICS:
-            raise ValueError(f"unknown metric {self.metric!r}; choose from {list(METRICS)}")
-
-    def init(self, lr: jax.Array) -> ReduceOnPlateauState:
-        f32 = jnp.float32
-        return ReduceOnPlateauState(
-            lr=jnp.asarray(lr, f32),
-            best=jnp.asarray(mode_worse(self.mode), f32),
-            num_bad_epochs=jnp.zeros([], jnp.int32),
-            cooldown_counter=jnp.zeros([], jnp.int32),
-            last_epoch=jnp.zeros([], jnp.int32),
-        )
-
-    def update(self, state: ReduceOnPlateauState, metrics: dict[str, jax.Array]) -> Any:
-        rule = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        del rule["metric"]
-        return plateau_step(state, metrics[self.metric], **rule)
-
-
-# --------------------------------------------------------------------------------------------
-# Hyperparameters in an optimizer state
-# --------------------------------------------------------------------------------------------
-
-
-def _has_hyperparams(x: Any) -> bool:
-    return isinstance(x, tuple) and isinstance(getattr(x, "hyperparams", None), dict)
-
-
-def find_hyperparams(opt_state: Any) -> dict[str, Any] | None:
-    """The first ``hyperparams`` dict of an ``inject_hyperparams`` state in ``opt_state``."""
-    if _has_hyperparams(opt_state):
-        return opt_state.hyperparams
-    if isinstance(opt_state, tuple | list):
-        for child in opt_state:
-            found = find_hyperparams(child)
-            if found is not None:
-                return found
-    return None
-
-
-def set_hyperparams(opt_state: Any, **values: Any) -> Any:
-    """``opt_state`` with the first ``inject_hyperparams`` state's values replaced.
-
-    Each new value keeps the dtype of the value it replaces, so a jitted step sees the same
-    types and does not recompile.
-    """
-    if _has_hyperparams(opt_state):
-        hyper = dict(opt_state.hyperparams)
-        for name, value in values.items():
-            if name not in hyper:
-                raise KeyError(f"the optimizer has no injected hyperparameter {name!r}")
-            hyper[name] = _like(value, hyper[name])
-        return opt_state._replace(hyperparams=hyper)
-    if isinstance(opt_state, tuple | list):
-        children = list(opt_state)
-        for i, child in enumerate(children):
-            if find_hyperparams(child) is not None:
-                children[i] = set_hyperparams(child, **values)
-                return (
-                    type(opt_state)(*children)
-                    if _is_namedtuple(opt_state)
-                    else type(opt_state)(children)
-                )
-    raise ValueError(
-        "the optimizer state holds no hyperparameters: build the optimizer with "
-        "jopt.inject_hyperparams(...) to set them"
-    )
-
-
-def _like(value: Any, old: Any) -> jax.Array:
-    """``value`` with the dtype of ``old``, weakly typed where ``old`` is (a Python float
-    assigned over a Python float's array keeps the jitted step's signature)."""
-    dtype = jnp.result_type(old)
-    if getattr(old, "weak_type", False) and isinstance(value, int | float):
-        weak = jnp.asarray(float(value))
-        if weak.dtype == dtype:
-            return weak
-    return jnp.asarray(value, dtype)
-
-
-def _is_namedtuple(x: Any) -> bool:
-    return isinstance(x, tuple) and hasattr(x, "_fields")
-
-
-def _current_lr(opt_state: Any) -> jax.Array:
-    hyper = find_hyperparams(opt_state)
-    for name in ("lr", "learning_rate"):
-        if hyper is not None and name in hyper:
-            return jnp.asarray(hyper[name], jnp.float32)
-    return jnp.asarray(jnp.nan, jnp.float32)
 
 
 # --------------------------------------------------------------------------------------------
@@ -304,7 +164,7 @@ class Trainer:
         if hyperparams:
             opt_state = set_hyperparams(opt_state, **hyperparams)
         controls_lr = self.lr_schedule is not None or self.plateau is not None
-        base_lr = _current_lr(opt_state) if controls_lr else jnp.asarray(jnp.nan, jnp.float32)
+        base_lr = current_lr(opt_state) if controls_lr else jnp.asarray(jnp.nan, jnp.float32)
         if controls_lr and find_hyperparams(opt_state) is None:
             raise ValueError(
                 "lr_schedule and plateau need an optimizer built with jopt.inject_hyperparams"
@@ -372,7 +232,7 @@ class Trainer:
             "train_accuracy": jnp.sum(correct) / seen,
             "test_loss": cross_entropy(logits, y_test),
             "test_accuracy": jnp.mean((jnp.argmax(logits, -1) == y_test).astype(jnp.float32)),
-            "lr": _current_lr(opt_state),
+            "lr": current_lr(opt_state),
         }
         plateau = state.plateau
         if self.plateau is not None:
@@ -426,208 +286,3 @@ def device_data(data: Dataset | tuple) -> tuple[jax.Array, ...]:
     loop calling it epoch by epoch pays for the copy once."""
     arrays = data.arrays() if isinstance(data, Dataset) else data
     return tuple(a if isinstance(a, jax.Array) else jax.device_put(a) for a in arrays)
-
-
-# --------------------------------------------------------------------------------------------
-# fit and sweep
-# --------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class FitResult:
-    """A finished run: its final state, the per-epoch history (NumPy arrays) and timings."""
-
-    state: TrainState
-    history: dict[str, np.ndarray]
-    graphdef: nnx.GraphDef
-    compile_seconds: float
-    train_seconds: float
-
-    @property
-    def params(self) -> Any:
-        return self.state.params
-
-    @property
-    def model(self) -> nnx.Module:
-        """The trained model as an ``nnx.Module``."""
-        return merge_params(self.graphdef, self.state.params)
-
-    def final(self, metric: str) -> float:
-        return float(self.history[metric][-1])
-
-
-def fit(
-    model: nnx.Module | tuple[nnx.GraphDef, Any],
-    optimizer: GradientTransformation,
-    data: Dataset,
-    *,
-    epochs: int = 100,
-    batch_size: int = 16,
-    shuffle: bool = True,
-    drop_last: bool = False,
-    l2: float = 0.0,
-    seed: int = 0,
-    lr_schedule: LrSchedule | None = None,
-    plateau: Plateau | None = None,
-    epochs_per_call: int | None = None,
-    callback: Callable[[TrainState, dict[str, np.ndarray]], None] | None = None,
-    state: TrainState | None = None,
-    trainer: Trainer | None = None,
-) -> FitResult:
-    """Train ``model`` on ``data`` with ``optimizer`` for ``epochs`` epochs.
-
-    ``model`` is an ``nnx.Module`` or its ``(graphdef, params)``; ``seed`` fixes the shuffling
-    (the model arrives initialised). The epochs run
-    ``epochs_per_call`` at a time in one compiled call each — all at once by default, one at a
-    time when a ``callback(state, history_of_the_call)`` wants to see every epoch (to draw a
-    progress bar or save a checkpoint; the state is donated to the next call, so copy what you
-    keep). ``state`` resumes a run at ``state.epoch``; ``trainer`` reuses compiled programs.
-    """
-    if epochs < 0:
-        raise ValueError(f"epochs must be non-negative, got {epochs}")
-    graphdef, params = model if isinstance(model, tuple) else split_params(model)
-    if trainer is None:
-        trainer = Trainer(
-            graphdef,
-            optimizer,
-            len(data.x_train),
-            batch_size,
-            shuffle,
-            drop_last,
-            l2,
-            lr_schedule,
-            plateau,
-        )
-    if state is None:
-        state = trainer.init(params, seed)
-    arrays = device_data(data)
-    done = int(state.epoch)
-    remaining = max(epochs - done, 0)
-    chunk = epochs_per_call or (1 if callback is not None else max(remaining, 1))
-    before = trainer.compile_seconds
-    if remaining:
-        trainer.compile(state, arrays, min(chunk, remaining))
-    rows: list[dict[str, np.ndarray]] = []
-    start = time.perf_counter()
-    while remaining > 0:
-        n = min(chunk, remaining)
-        if not trainer.is_compiled(state, n):
-            pause = time.perf_counter()
-            trainer.compile(state, arrays, n)
-            start += time.perf_counter() - pause
-        state, history = trainer.run(state, arrays, n)
-        history = {k: np.asarray(v) for k, v in history.items()}
-        rows.append(history)
-        if callback is not None:
-            callback(state, history)
-        remaining -= n
-    jax.block_until_ready(state)
-    train_seconds = time.perf_counter() - start
-    merged = {k: np.concatenate([r[k] for r in rows]) if rows else np.zeros(0) for k in METRICS}
-    return FitResult(state, merged, graphdef, trainer.compile_seconds - before, train_seconds)
-
-
-@dataclasses.dataclass
-class SweepResult:
-    """K runs trained together: their configurations, histories ``(K, epochs)`` and states."""
-
-    lrs: np.ndarray
-    weight_decays: np.ndarray | None
-    seeds: np.ndarray
-    history: dict[str, np.ndarray]
-    state: TrainState
-    compile_seconds: float
-    train_seconds: float
-
-    @property
-    def runs(self) -> int:
-        return len(self.lrs)
-
-    def best(self, metric: str = "test_accuracy") -> int:
-        """Index of the run with the best final ``metric`` (ties: the lowest final test loss)."""
-        final = self.history[metric][:, -1]
-        better = -final if "loss" not in metric else final  # smaller is better after this
-        loss = self.history["test_loss"][:, -1]
-        order = np.lexsort((np.nan_to_num(loss, nan=np.inf), np.nan_to_num(better, nan=np.inf)))
-        return int(order[0])
-
-
-def sweep(
-    optimizer: Callable[..., GradientTransformation],
-    data: Dataset,
-    lrs: Sequence[float] | np.ndarray,
-    *,
-    weight_decays: Sequence[float] | np.ndarray | None = None,
-    seeds: Sequence[int] | np.ndarray | int = 0,
-    model_fn: Callable[[nnx.Rngs], nnx.Module] | None = None,
-    epochs: int = 100,
-    batch_size: int = 16,
-    shuffle: bool = True,
-    drop_last: bool = False,
-    l2: float = 0.0,
-    lr_schedule: LrSchedule | None = None,
-    plateau: Plateau | None = None,
-    trainer: Trainer | None = None,
-    **optimizer_kwargs: Any,
-) -> SweepResult:
-    """Train K = ``len(lrs)`` configurations at once: one compile, ``vmap`` over the runs.
-
-    ``optimizer`` is a factory such as ``jopt.adam``; it is wrapped in
-    ``jopt.inject_hyperparams`` so that ``lr`` (and ``weight_decay`` when given) are data with
-    one value per run. Run ``k`` initialises ``model_fn`` (the 4-16-3 MLP by default) from
-    ``seeds[k]`` with :func:`init_params` and shuffles with the same seed: it equals
-    ``fit(model_fn(nnx.Rngs(jax.random.key(seeds[k]))), inject_hyperparams(optimizer)(
-    lr=lrs[k], ...), data, seed=seeds[k])``.
-    """
-    from jopt.core import inject_hyperparams
-
-    lrs = np.asarray(lrs, np.float32).reshape(-1)
-    k = len(lrs)
-    seeds_arr = np.broadcast_to(np.asarray(seeds, np.uint32), (k,)).copy()
-    hyper: dict[str, Any] = {"lr": lrs}
-    if weight_decays is not None:
-        hyper["weight_decay"] = np.broadcast_to(np.asarray(weight_decays, np.float32), (k,))
-    if model_fn is None:
-        model_fn = _default_model(data)
-    first = {name: float(v[0]) for name, v in hyper.items()}
-    opt = inject_hyperparams(optimizer)(**first, **optimizer_kwargs)
-    init = jax.jit(jax.vmap(lambda s: init_params(model_fn, s)),
-                   compiler_options=small_program_options())
-    params = init(seeds_arr)
-    graphdef = nnx.graphdef(nnx.eval_shape(lambda: model_fn(nnx.Rngs(0))))
-    if trainer is None:
-        trainer = Trainer(
-            graphdef,
-            opt,
-            len(data.x_train),
-            batch_size,
-            shuffle,
-            drop_last,
-            l2,
-            lr_schedule,
-            plateau,
-        )
-    state = trainer.init_batched(params, seeds_arr, **hyper)
-    arrays = device_data(data)
-    before = trainer.compile_seconds
-    trainer.compile(state, arrays, epochs)
-    start = time.perf_counter()
-    state, history = trainer.run(state, arrays, epochs)
-    jax.block_until_ready(state)
-    seconds = time.perf_counter() - start
-    return SweepResult(
-        lrs,
-        hyper.get("weight_decay"),
-        seeds_arr,
-        {key: np.asarray(v) for key, v in history.items()},
-        state,
-        trainer.compile_seconds - before,
-        seconds,
-    )
-
-
-def _default_model(data: Dataset) -> Callable[[nnx.Rngs], nnx.Module]:
-    def model_fn(rngs: nnx.Rngs) -> nnx.Module:
-        return MLP(data.num_features, (16,), data.num_classes, rngs=rngs)
-
-    return model_fn
