@@ -1,6 +1,7 @@
 """What the commands share: argument types and checks, the recipe's flags, and output.
 
-Nothing here imports JAX at module level, so bad input is reported before JAX starts.
+Nothing heavy is imported at module level (the training code, matplotlib and orbax come with
+the commands that use them), so bad input is reported at once.
 """
 
 from __future__ import annotations

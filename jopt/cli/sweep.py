@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from jopt.train.fit import sweep
+    from jopt.train.loops import sweep
     from jopt.train.lr import Plateau
     from jopt.train.recipes import OPTIMIZERS, make_lr_schedule
 

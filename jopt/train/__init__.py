@@ -17,7 +17,7 @@ resume, progress) as a function.
 """
 
 from jopt.train.data import DataLoader, Dataset, batch_indices, load_iris
-from jopt.train.fit import FitResult, SweepResult, fit, sweep
+from jopt.train.loops import FitResult, SweepResult, fit, sweep
 from jopt.train.lr import METRICS, Plateau, find_hyperparams, set_hyperparams
 from jopt.train.model import MLP, cross_entropy, l2_penalty, merge_params, split_params
 from jopt.train.steps import (

@@ -6,7 +6,7 @@ epoch is a pure function of it — shuffle with ``jax.random``, gather the batch
 train step over them, evaluate on the test set. ``Trainer`` compiles ``epochs`` of that (one
 XLA program, the state's buffers donated) and ``vmap``-s it for sweeps, where a batch of
 states differs only in data (learning rates, weight decays, seeds), so K runs are one compile.
-``fit`` and ``sweep`` (in :mod:`jopt.train.fit`) drive it.
+``fit`` and ``sweep`` (in :mod:`jopt.train.loops`) drive it.
 
 Learning rates: an optimizer built with a schedule (``jopt.adam(lr=schedule)``) follows it by
 itself. A ``Trainer`` given ``lr_schedule=(base_lr, step) -> lr`` instead writes the learning
