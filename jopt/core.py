@@ -106,7 +106,7 @@ def check_tree_match(
             parts.append(f"unexpected {', '.join(extra[:5])}")
         raise ValueError(
             f"The {what} do not match the {against}: {'; '.join(parts)} "
-            f"({len(got)} {what} leaves, {len(want)} {against} leaves)."
+            f"({len(got)} leaves against {len(want)})."
         )
     for key, (shape, _) in want.items():
         if got[key][0] != shape:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 from jopt import transforms as T
 from jopt.core import (
@@ -45,16 +46,41 @@ def _nonneg(value: Any, what: str) -> None:
     _check(value, lambda v: v >= 0.0, f"Invalid {what}: {value}")
 
 
+def _as_real(tree: Any) -> Any:
+    """Complex leaves as real pairs on a last axis of 2 (torch's ``view_as_real``)."""
+    return jax.tree.map(
+        lambda x: jnp.stack([x.real, x.imag], -1) if jnp.iscomplexobj(x) else x, tree
+    )
+
+
+def _as_complex_like(tree: Any, like: Any) -> Any:
+    return jax.tree.map(
+        lambda x, ref: jax.lax.complex(x[..., 0], x[..., 1]) if jnp.iscomplexobj(ref) else x,
+        tree,
+        like,
+    )
+
+
 def _optimizer(*transforms: GradientTransformation | None) -> GradientTransformationExtraArgs:
-    """Chain the present terms; check gradients against the parameters when they are given."""
+    """Chain the present terms; check gradients against the parameters when they are given.
+
+    Complex parameters are optimized as torch does, as pairs of reals: the state of a complex
+    parameter is real with a trailing axis of 2.
+    """
     inner = named_chain(*transforms)
+
+    def init(params: Any) -> Any:
+        return inner.init(_as_real(params))
 
     def update(updates: Any, state: Any, params: Any = None, **extra: Any) -> Any:
         if params is not None:
             check_tree_match(updates, params)
-        return inner.update(updates, state, params, **extra)
+        if not any(jnp.iscomplexobj(u) for u in jax.tree.leaves(updates)):
+            return inner.update(updates, state, params, **extra)
+        real, state = inner.update(_as_real(updates), state, _as_real(params), **extra)
+        return _as_complex_like(real, updates), state
 
-    return GradientTransformationExtraArgs(inner.init, update)
+    return GradientTransformationExtraArgs(init, update)
 
 
 def sgd(

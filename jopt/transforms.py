@@ -2,13 +2,20 @@
 
 Each function returns a ``GradientTransformation``. Hyperparameters may be Python floats,
 arrays (traced under ``jit``/``vmap``/``inject_hyperparams``) or, for ``lr``, a schedule
-``step -> lr``. Scalar coefficients are computed at the hyperparameters' precision and cast to
-each leaf's dtype, as torch casts a Python scalar to the tensor's dtype; state buffers have the
-dtype of their parameter, as torch's ``zeros_like(param)`` do.
+``step -> lr``.
+
+Precision follows torch's CPU kernels. Scalar coefficients are computed at the highest
+precision at hand — a Python float's complement ``1 - beta`` and its logarithm in double on the
+host, as torch does in Python — then cast to the compute dtype of each leaf: the leaf's own
+dtype, or float32 for bfloat16/float16 leaves, which are computed in float32 and rounded back
+(torch's "opmath"). State buffers keep the dtype of their parameter, as torch's
+``zeros_like(param)`` do; updates keep the dtype of the gradient.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any, NamedTuple
 
 import jax
@@ -44,9 +51,33 @@ __all__ = [
 Mask = Any  # a pytree of bools like the params, or a callable params -> such a tree
 
 
+def _compute_dtype(dtype: Any) -> Any:
+    """float32 for 16-bit floats (computed wide, stored narrow), else the dtype itself."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
 def _c(x: Any, like: jax.Array) -> jax.Array:
-    """A scalar hyperparameter in the dtype of ``like``."""
-    return jnp.asarray(x).astype(like.dtype)
+    """A scalar hyperparameter in the compute dtype of ``like``."""
+    return jnp.asarray(x).astype(_compute_dtype(like.dtype))
+
+
+def _one_minus(x: Any) -> Any:
+    """``1 - x``, in double on the host for a Python number (torch: ``1 - beta`` in Python)."""
+    return 1.0 - x if isinstance(x, numbers.Real) else 1 - jnp.asarray(x)
+
+
+def _bias_correction(beta: Any, step: jax.Array) -> jax.Array:
+    """``1 - beta ** step``, computed as ``-expm1(step * log(beta))``.
+
+    For a Python ``beta`` the logarithm is taken in double on the host, so the small
+    difference ``1 - beta ** step`` keeps float32's relative precision (the float32 power
+    would lose it to the rounding of ``beta`` itself).
+    """
+    if isinstance(beta, numbers.Real):
+        log_beta = math.log(beta) if beta > 0 else -math.inf
+    else:
+        log_beta = jnp.log(jnp.asarray(beta))
+    return -jnp.expm1(step * log_beta)
 
 
 def _zeros_like(params: Any) -> Any:
@@ -77,7 +108,7 @@ def scale(factor: float | jax.Array) -> GradientTransformation:
 
     def update(updates: Any, state: EmptyState, params: Any = None) -> tuple[Any, EmptyState]:
         del params
-        return jax.tree.map(lambda u: _c(factor, u) * u, updates), state
+        return jax.tree.map(lambda u: (_c(factor, u) * u).astype(u.dtype), updates), state
 
     return GradientTransformation(init, update)
 
@@ -88,7 +119,7 @@ def _mask_tree(mask: Mask | None, params: Any) -> Any:
     tree = mask(params) if callable(mask) else mask
     # One bool per parameter: the structure must match, the leaves are not shaped like them.
     if jax.tree.structure(tree) != jax.tree.structure(params):
-        check_tree_match(tree, params, what="mask", against="parameters")
+        check_tree_match(tree, params, what="mask entries", against="parameters")
     return tree
 
 
@@ -113,7 +144,10 @@ def add_decayed_weights(
         keep = _mask_tree(mask, params)
         return (
             jax.tree.map(
-                lambda u, p, m: u + _c(weight_decay, u) * p if m else u, updates, params, keep
+                lambda u, p, m: (u + _c(weight_decay, u) * p).astype(u.dtype) if m else u,
+                updates,
+                params,
+                keep,
             ),
             state,
         )
@@ -134,7 +168,10 @@ def add_l1_penalty(l1: float | jax.Array, mask: Mask | None = None) -> GradientT
         keep = _mask_tree(mask, params)
         return (
             jax.tree.map(
-                lambda u, p, m: u + _c(l1, u) * jnp.sign(p) if m else u, updates, params, keep
+                lambda u, p, m: (u + _c(l1, u) * jnp.sign(p)).astype(u.dtype) if m else u,
+                updates,
+                params,
+                keep,
             ),
             state,
         )
@@ -157,10 +194,10 @@ def clip_by_global_norm(max_norm: float | jax.Array) -> GradientTransformation:
         leaves = jax.tree.leaves(updates)
         if not leaves:
             return updates, state
-        acc = jnp.result_type(jnp.float32, *leaves)
-        total = jnp.sqrt(sum(jnp.sum(jnp.square(u.astype(acc))) for u in leaves))
+        acc = jnp.result_type(jnp.float32, *(jnp.real(u) for u in leaves))
+        total = jnp.sqrt(sum(jnp.sum(jnp.square(jnp.abs(u).astype(acc))) for u in leaves))
         coef = jnp.minimum(jnp.asarray(max_norm, acc) / (total + 1e-6), 1.0)
-        return jax.tree.map(lambda u: u * coef.astype(u.dtype), updates), state
+        return jax.tree.map(lambda u: (u * coef).astype(u.dtype), updates), state
 
     return GradientTransformation(init, update)
 
@@ -191,7 +228,7 @@ def scale_by_learning_rate(lr: float | jax.Array | Schedule) -> GradientTransfor
     ) -> tuple[Any, ScaleByLearningRateState]:
         del params
         rate = lr(state.count) if callable(lr) else lr
-        updates = jax.tree.map(lambda u: -_c(rate, u) * u, updates)
+        updates = jax.tree.map(lambda u: (-_c(rate, u) * u).astype(u.dtype), updates)
         return updates, ScaleByLearningRateState(_increment(state.count))
 
     return GradientTransformation(init, update)
@@ -230,8 +267,8 @@ def trace(
 
         def leaf(g: jax.Array, buf: jax.Array) -> tuple[jax.Array, jax.Array]:
             mu = _c(momentum, g)
-            new = jnp.where(first, g, buf * mu + g * _c(1 - jnp.asarray(dampening), g))
-            out = g + new * mu if nesterov else new
+            new = jnp.where(first, g, buf * mu + g * _c(_one_minus(dampening), g)).astype(buf.dtype)
+            out = (g + new * mu).astype(g.dtype) if nesterov else new.astype(g.dtype)
             return jnp.where(off, g, out), jnp.where(off, buf, new)
 
         pairs = jax.tree.map(leaf, updates, state.momentum_buffer)
@@ -292,20 +329,20 @@ def scale_by_adam(
         count = _increment(state.count)
         # Scalars at the hyperparameters' precision (torch: Python doubles).
         step = count.astype(jnp.result_type(float))
-        bias1 = 1 - jnp.asarray(b1) ** step
-        bias2_sqrt = jnp.sqrt(1 - jnp.asarray(b2) ** step)
+        bias1 = _bias_correction(b1, step)
+        bias2_sqrt = jnp.sqrt(_bias_correction(b2, step))
 
         def moments(g: jax.Array, m: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array]:
-            m = m + _c(1 - jnp.asarray(b1), g) * (g - m)
-            v = v * _c(b2, g) + _c(1 - jnp.asarray(b2), g) * g * g
-            return m, v
+            new_m = m + _c(_one_minus(b1), g) * (g - m)
+            new_v = v * _c(b2, g) + _c(_one_minus(b2), g) * g * g
+            return new_m.astype(m.dtype), new_v.astype(v.dtype)
 
         m, v = _unzip(jax.tree.map(moments, updates, state.exp_avg, state.exp_avg_sq), updates)
         vmax = jax.tree.map(jnp.maximum, state.max_exp_avg_sq, v) if amsgrad else None
 
         def direction(m: jax.Array, v: jax.Array) -> jax.Array:
             denom = jnp.sqrt(v) / _c(bias2_sqrt, v) + _c(eps, v)
-            return (m / _c(bias1, m)) / denom
+            return ((m / _c(bias1, m)) / denom).astype(m.dtype)
 
         out = jax.tree.map(direction, m, vmax if amsgrad else v)
         return out, ScaleByAdamState(count, m, v, vmax)
@@ -345,17 +382,20 @@ def scale_by_rms(
         check_tree_match(updates, state.square_avg, against="RMSprop averages")
 
         def square(g: jax.Array, s: jax.Array) -> jax.Array:
-            return s * _c(alpha, g) + _c(1 - jnp.asarray(alpha), g) * g * g
+            return (s * _c(alpha, g) + _c(_one_minus(alpha), g) * g * g).astype(s.dtype)
+
+        def mean(g: jax.Array, a: jax.Array) -> jax.Array:
+            return (a + _c(_one_minus(alpha), g) * (g - a)).astype(a.dtype)
 
         sq = jax.tree.map(square, updates, state.square_avg)
         if centered:
-            ga = jax.tree.map(
-                lambda g, a: a + _c(1 - jnp.asarray(alpha), g) * (g - a), updates, state.grad_avg
-            )
-            var = jax.tree.map(lambda s, a: s - a * a, sq, ga)
+            ga = jax.tree.map(mean, updates, state.grad_avg)
+            var = jax.tree.map(lambda s, a: (s - a * a).astype(s.dtype), sq, ga)
         else:
             ga, var = None, sq
-        out = jax.tree.map(lambda g, s: g / (jnp.sqrt(s) + _c(eps, s)), updates, var)
+        out = jax.tree.map(
+            lambda g, s: (g / (jnp.sqrt(s) + _c(eps, s))).astype(g.dtype), updates, var
+        )
         return out, ScaleByRmsState(_increment(state.count), sq, ga)
 
     return GradientTransformation(init, update)
@@ -394,9 +434,11 @@ def scale_by_adagrad(
         check_tree_match(updates, state.sum, against="Adagrad sums")
         count = _increment(state.count)
         decay = 1 + (count - 1).astype(jnp.result_type(float)) * jnp.asarray(lr_decay)
-        sums = jax.tree.map(lambda g, s: s + g * g, updates, state.sum)
+        sums = jax.tree.map(lambda g, s: (s + g * g).astype(s.dtype), updates, state.sum)
         out = jax.tree.map(
-            lambda g, s: g / (jnp.sqrt(s) + _c(eps, s)) / _c(decay, g), updates, sums
+            lambda g, s: (g / (jnp.sqrt(s) + _c(eps, s)) / _c(decay, g)).astype(g.dtype),
+            updates,
+            sums,
         )
         return out, ScaleByAdagradState(count, sums)
 

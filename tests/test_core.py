@@ -514,3 +514,32 @@ def test_low_precision_params(name: str) -> None:
             assert leaf.dtype == leaf_dtypes[path[-1].key], where
         else:
             assert leaf.dtype == jnp.int32, where
+
+
+# --------------------------------------------------------------------------------------------
+# Complex parameters
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_complex_params_follow_torch(name: str) -> None:
+    """torch optimizes a complex parameter as its real view (``view_as_real``); so does jopt,
+    and the state of a complex parameter is real with a trailing axis of 2."""
+    rng = np.random.default_rng(3)
+    z = (rng.normal(size=(3, 2)) + 1j * rng.normal(size=(3, 2))).astype(np.complex64)
+    tparam = torch.tensor(z.copy(), requires_grad=True)
+    reference = torch_optimizer(name, [tparam], **RICH[name])
+    tx = getattr(jopt, name)(**RICH[name])
+    params = {"z": jnp.asarray(z)}
+    state = tx.init(params)
+    step, traces = counted_step(tx)
+    for _ in range(20):
+        grad = np.asarray(params["z"]) * (0.5 - 0.2j) + (0.1 + 0.3j)  # a fixed function of p
+        tparam.grad = torch.tensor(grad)
+        reference.step()
+        params, state = step(params, state, {"z": jnp.asarray(grad)})
+    assert params["z"].dtype == jnp.complex64 and len(traces) == 1
+    assert np.all(np.isfinite(params["z"]))
+    np.testing.assert_allclose(params["z"], tparam.detach().numpy(), rtol=1e-5, atol=1e-6)
+    for leaf in jax.tree.leaves(state):
+        assert leaf.ndim == 0 or leaf.shape == (3, 2, 2)

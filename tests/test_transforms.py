@@ -133,7 +133,9 @@ def test_masked_decoupled_decay_is_torch_adamw_param_groups(mask: str) -> None:
 def test_mask_that_does_not_match_names_the_path() -> None:
     params = jax.tree.map(jnp.asarray, make_params())
     tx = jopt.add_decayed_weights(0.1, mask={k: v for k, v in DECAYED.items() if k != "t"})
-    with pytest.raises(ValueError, match=r"mask do not match the parameters: missing \['t'\]"):
+    with pytest.raises(
+        ValueError, match=r"mask entries do not match the parameters: missing \['t'\]"
+    ):
         tx.update(params, tx.init(params), params)
 
 

@@ -51,10 +51,11 @@ class Layout:
         self.dtypes: dict[str, np.dtype] = {}
         for path, leaf in zip(self.paths, leaves):
             dtype = np.dtype(jnp.result_type(leaf))
-            if not jnp.issubdtype(dtype, jnp.inexact):
+            if not jnp.issubdtype(dtype, jnp.floating):
                 raise ValueError(
                     f"can't optimize a parameter of dtype {dtype} at {path or '<root>'}: "
-                    "parameters must be floating point"
+                    "jopt.optim takes real floating point parameters (the functional "
+                    "optimizers, jopt.adam and the others, also take complex ones)"
                 )
             name = dtype.name
             self.dtypes.setdefault(name, dtype)
