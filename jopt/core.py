@@ -191,7 +191,8 @@ def inject_hyperparams(
     def wrapped(*args: Any, **kwargs: Any) -> GradientTransformationExtraArgs:
         bound = signature.bind(*args, **kwargs)
         bound.apply_defaults()
-        values = dict(bound.arguments)
+        # A list of numbers is torch's spelling of a tuple (``betas=[0.9, 0.999]``).
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in bound.arguments.items()}
         zero_static = {
             k for k in getattr(factory, "static_when_zero", ()) if is_zero(values.get(k))
         }
