@@ -6,9 +6,10 @@ contenders, all timed in this process, interleaved:
 - ``optax``: ``optax.adam`` / ``optax.sgd(momentum=0.9)`` in a jitted step, params and state
   donated (updated in place);
 - ``jopt``: ``jopt.adam`` / ``jopt.sgd(momentum=0.9)``, the same jitted, donated step;
-- ``jopt flat``: the same functional step on one flat buffer (params, grads and state are 1-D
-  arrays), what a training step gets when the loss is differentiated with respect to the flat
-  buffer (``jax.flatten_util.ravel_pytree`` or :class:`jopt.optim.flat.Layout`);
+- ``jopt flat``: the same functional step on the flat buffers of
+  :class:`jopt.optim.flat.Layout` (``{"float32": f32[n]}`` for params, grads and state): what a
+  train step gets when it keeps the parameters flat and differentiates the loss of
+  ``layout.unflatten(flat)`` (the facade's storage, usable from the functional API);
 - ``jopt+optax.flatten``: ``optax.flatten(jopt.adam(...))``: flat state, but the gradients are
   concatenated and the updates split in every step;
 - ``facade``: ``jopt.optim.Adam(params).step(grads)`` with the gradients as a tree (the facade
@@ -40,6 +41,7 @@ import common  # noqa: E402
 
 import jopt  # noqa: E402
 import jopt.optim  # noqa: E402
+from jopt.optim.flat import Layout  # noqa: E402
 
 CASES = ["10Mx1", "10Mx100", "1Mx1000", "100Kx10"]
 QUICK_CASES = ["20Kx1", "20Kx100"]
@@ -166,8 +168,8 @@ def build(contender: str, name: str, params: Any, grads: Any) -> Callable[[], No
     if contender == "jopt":
         return JaxContender(functional(name, "jopt"), params, grads)
     if contender == "jopt flat":
-        flat = lambda t: np.concatenate([v.ravel() for v in t.values()])  # noqa: E731
-        return JaxContender(functional(name, "jopt"), flat(params), flat(grads))
+        layout = Layout(params)  # one buffer per dtype: {"float32": f32[n]}
+        return JaxContender(functional(name, "jopt"), layout.flatten(params), layout.flatten(grads))
     if contender == "jopt+optax.flatten":
         return JaxContender(optax.flatten(functional(name, "jopt")), params, grads)
     if contender == "facade":
