@@ -176,7 +176,9 @@ def sweep(
         model_fn = _default_model(data)
     first = {name: float(v[0]) for name, v in hyper.items()}
     opt = inject_hyperparams(optimizer)(**first, **optimizer_kwargs)
-    init = jax.jit(jax.vmap(lambda s: init_params(model_fn, s)),
+    # lax.map, not vmap: K small initialisations in a loop compile like one (a batched
+    # random-number generator takes seconds to compile) and run in microseconds each.
+    init = jax.jit(lambda seeds: jax.lax.map(lambda s: init_params(model_fn, s), seeds),
                    compiler_options=small_program_options())
     params = init(seeds_arr)
     graphdef = nnx.graphdef(nnx.eval_shape(lambda: model_fn(nnx.Rngs(0))))
