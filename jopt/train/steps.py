@@ -20,6 +20,7 @@ steps_per_epoch)`` (see :mod:`jopt.train.recipes`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -93,11 +94,20 @@ def make_train_step(
 # --------------------------------------------------------------------------------------------
 
 
+@functools.cache
 def small_program_options() -> dict[str, Any]:
     """XLA options for the small programs of a research run: on CPU, the legacy fusion
     emitters (``xla_cpu_use_fusion_emitters=False``), which compile an Iris epoch in about
-    60% of the time the default emitters take; on other backends, none."""
-    return {"xla_cpu_use_fusion_emitters": False} if jax.default_backend() == "cpu" else {}
+    60% of the time the default emitters take; on other backends, or an XLA without the
+    option (checked once with a tiny program), none."""
+    if jax.default_backend() != "cpu":
+        return {}
+    options = {"xla_cpu_use_fusion_emitters": False}
+    try:
+        jax.jit(lambda x: x + 1, compiler_options=options).lower(np.float32(0)).compile()
+    except Exception:  # an option this XLA does not know: compile with its defaults
+        return {}
+    return options
 
 
 def init_model(
