@@ -268,8 +268,11 @@ def trace(
         def leaf(g: jax.Array, buf: jax.Array) -> tuple[jax.Array, jax.Array]:
             mu = _c(momentum, g)
             new = jnp.where(first, g, buf * mu + g * _c(_one_minus(dampening), g)).astype(buf.dtype)
+            # The update reads the stored buffer, not a second computation of it: XLA then
+            # writes the buffer in place with no copy (it equals ``new`` wherever ``off`` is false).
+            new = jnp.where(off, buf, new)
             out = (g + new * mu).astype(g.dtype) if nesterov else new.astype(g.dtype)
-            return jnp.where(off, g, out), jnp.where(off, buf, new)
+            return jnp.where(off, g, out), new
 
         pairs = jax.tree.map(leaf, updates, state.momentum_buffer)
         out, bufs = _unzip(pairs, updates)
