@@ -64,6 +64,11 @@ class Layout:
             self.slots.append(Slot(name, offset, shape))
             self.sizes[name] = offset + math.prod(shape)
         self.shapes = [slot.shape for slot in self.slots]
+        counts: dict[str, int] = {}
+        for slot in self.slots:
+            counts[slot.bucket] = counts.get(slot.bucket, 0) + 1
+        self.concatenated = tuple(name for name, count in counts.items() if count > 1)
+        """The buckets made of several leaves (their gradients are concatenated at each step)."""
 
     def __len__(self) -> int:
         return len(self.slots)

@@ -55,6 +55,7 @@ class Optimizer:
         self._args: list[tuple[Any, ...] | None] = []  # per group: (snapshot, static, arrays)
         self._owned: dict[int, weakref.ref] = {}
         self._grad: list[Flat] | None = None
+        self._scratch: list[Flat] | None = None  # see _grad_scratch
         self._compiled: dict[Any, Callable] = {}
         self._built: list[tuple[Any, ...]] = []  # each group's static arguments its state has
         self._traces = 0  # how many times a step was traced (= compiled); read by tests
@@ -171,6 +172,7 @@ class Optimizer:
         self._flat.append(jax.jit(layout.flatten)(tree))
         self._states.append(self._transform(index, arrays).init(self._flat[-1]))
         self._grad = None
+        self._scratch = None
         self._params_cache = None
         layouts = tuple(self._layouts)
         self._unflatten = jax.jit(
@@ -227,10 +229,12 @@ class Optimizer:
         if key in self._compiled:
             return self._compiled[key]
 
-        def with_grads(flats, states, hps, grad_leaves):
+        def with_grads(flats, states, hps, grad_leaves, scratch):
             self._traces += 1
             grads = [lay.flatten_leaves(g) for lay, g in zip(self._layouts, grad_leaves)]
-            return self._update(flats, states, grads, hps)
+            new_flats, new_states = self._update(flats, states, grads, hps)
+            # The concatenated gradients go out into the donated scratch buffers' memory.
+            return new_flats, new_states, [{k: g[k] for k in s} for g, s in zip(grads, scratch)]
 
         def with_flat_grads(flats, states, hps, grads):
             self._traces += 1
@@ -249,7 +253,7 @@ class Optimizer:
             return loss, grads
 
         fn = {
-            "grads": jax.jit(with_grads, donate_argnums=(0, 1)),
+            "grads": jax.jit(with_grads, donate_argnums=(0, 1, 4), keep_unused=True),
             "flat_grads": jax.jit(with_flat_grads, donate_argnums=(0, 1)),
             "closure": jax.jit(closure, donate_argnums=(0, 1)),
             "backward": jax.jit(backward, donate_argnums=(1,)),
@@ -286,13 +290,29 @@ class Optimizer:
             for layout, grad in zip(self._layouts, grads):
                 leaves.append(layout.leaves_of(grad))
             fn = self._compile("grads", statics)
-            self._flat, self._states = fn(self._flat, self._states, hps, leaves)
+            self._flat, self._states, self._scratch = fn(
+                self._flat, self._states, hps, leaves, self._grad_scratch()
+            )
         else:
             grads, self._grad = self._grad, None
             fn = self._compile("flat_grads", statics)
             self._flat, self._states = fn(self._flat, self._states, hps, grads)
         self._sync_module()
         return result
+
+    def _grad_scratch(self) -> list[Flat]:
+        """Per group, a buffer for each bucket whose gradients ``step(grads)`` concatenates.
+
+        Donated to the step and returned by it, it is the memory the concatenation writes to:
+        without it, every step would allocate a fresh buffer of the bucket's size, and on CPU
+        the first touch of fresh pages costs about as much as the optimizer step itself.
+        """
+        if self._scratch is None:
+            self._scratch = [
+                {k: jnp.zeros(lay.sizes[k], lay.dtypes[k]) for k in lay.concatenated}
+                for lay in self._layouts
+            ]
+        return self._scratch
 
     def backward(self, loss_fn: Callable, *args: Any, has_aux: bool = False, **kwargs: Any) -> Any:
         """Add the gradient of ``loss_fn(params, *args, **kwargs)`` to the accumulated one.
