@@ -91,9 +91,12 @@ class Optimizer:
         """(static, dynamic) functional arguments of a group.
 
         Booleans are static, and so is a ``static_when_zero`` argument (SGD's momentum) while
-        it is 0: torch keeps no buffer for it. Everything else is data.
+        it is 0: torch keeps no buffer for it. So is a ``weight_decay`` of 0, whose term torch
+        leaves out (``if weight_decay != 0``); as data it would still read the parameters, and
+        XLA then materializes a decayed gradient: SGD(momentum=0.9) on 10M float32 parameters
+        ran 3x slower. Changing it from 0 to non-zero recompiles once. Everything else is data.
         """
-        zero_static = getattr(self.functional, "static_when_zero", ())
+        zero_static = (*getattr(self.functional, "static_when_zero", ()), "weight_decay")
         static, dynamic = {}, {}
         for key in self._keys():
             value = group[key]
