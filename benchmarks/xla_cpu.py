@@ -10,7 +10,10 @@ variant carries its own optax and torch figures. Variants:
   the two host devices (one per core);
 - one XLA:CPU option each: the concurrency-optimized scheduler, 512-bit vectors, the legacy
   (non-MLIR) fusion emitters, Eigen's thread pool off, fast math (which changes rounding, so it
-  is not an option for jopt's torch parity; shown for scale).
+  is not an option for jopt's torch parity; shown for scale);
+- ``no donation``: the same step without ``donate_argnums``, so every step writes fresh
+  buffers; and the same with glibc told to keep freed pages (``GLIBC_TUNABLES``): the first
+  touch of fresh pages, not the arithmetic, is what a missing donation costs on CPU.
 
 It also reports XLA's own count of the bytes the compiled step touches (``cost_analysis``):
 without multi-output loop fusion on CPU, the step is three loops (m, v, then p reading the new
@@ -30,15 +33,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 
-VARIANTS: dict[str, tuple[str, str]] = {  # name -> (XLA_FLAGS, layout)
-    "default": ("", "1 leaf"),
-    "2 halves": ("", "2 leaves"),
-    "2 devices sharded": ("--xla_force_host_platform_device_count=2", "sharded"),
-    "concurrency scheduler": ("--xla_cpu_enable_concurrency_optimized_scheduler=true", "1 leaf"),
-    "512-bit vectors": ("--xla_cpu_prefer_vector_width=512", "1 leaf"),
-    "legacy emitters": ("--xla_cpu_use_fusion_emitters=false", "1 leaf"),
-    "no eigen pool": ("--xla_cpu_multi_thread_eigen=false", "1 leaf"),
-    "fast math (not torch-exact)": ("--xla_cpu_enable_fast_math=true", "1 leaf"),
+GLIBC_KEEP = "glibc.malloc.mmap_threshold=4294967295:glibc.malloc.trim_threshold=4294967295"
+VARIANTS: dict[str, tuple[dict[str, str], str]] = {  # name -> (environment, layout)
+    "default": ({}, "1 leaf"),
+    "2 halves": ({}, "2 leaves"),
+    "2 devices sharded": ({"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}, "sharded"),
+    "concurrency scheduler": (
+        {"XLA_FLAGS": "--xla_cpu_enable_concurrency_optimized_scheduler=true"},
+        "1 leaf",
+    ),
+    "512-bit vectors": ({"XLA_FLAGS": "--xla_cpu_prefer_vector_width=512"}, "1 leaf"),
+    "legacy emitters": ({"XLA_FLAGS": "--xla_cpu_use_fusion_emitters=false"}, "1 leaf"),
+    "no eigen pool": ({"XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false"}, "1 leaf"),
+    "fast math (not torch-exact)": ({"XLA_FLAGS": "--xla_cpu_enable_fast_math=true"}, "1 leaf"),
+    "no donation": ({}, "no donation"),
+    "no donation + glibc keeps pages": ({"GLIBC_TUNABLES": GLIBC_KEEP}, "no donation"),
 }
 
 
@@ -68,7 +77,7 @@ def worker(layout: str, n: int, quick: bool) -> dict[str, Any]:
             u, s = opt.update(g, s, p)
             return optax.apply_updates(p, u), s
 
-        fn = jax.jit(step, donate_argnums=(0, 1))
+        fn = jax.jit(step, donate_argnums=() if layout == "no donation" else (0, 1))
         holder = {"p": place(p0), "g": place(g0)}
         holder["s"] = jax.jit(opt.init)(holder["p"])
         compiled = fn.lower(holder["p"], holder["s"], holder["g"]).compile()
@@ -131,7 +140,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"# load {info['load_average_start']}; each variant in a fresh process")
     records, rows = {}, []
     for name in args.variants.split(","):
-        flags, layout = VARIANTS[name]
+        env, layout = VARIANTS[name]
+        flags = env.get("XLA_FLAGS", "")
         cmd = [
             __file__,
             "--worker",
@@ -140,13 +150,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             str(n),
             *(["--quick"] if args.quick else []),
         ]
-        proc = common.run_python(cmd, env={"XLA_FLAGS": flags}, timeout=900)
+        proc = common.run_python(cmd, env={"XLA_FLAGS": flags, **env}, timeout=900)
         if proc.returncode != 0:
             print(f"{name}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
-            records[name] = {"xla_flags": flags, "layout": layout, "error": proc.stderr[-2000:]}
+            records[name] = {"env": env, "xla_flags": flags, "layout": layout}
+            records[name]["error"] = proc.stderr[-2000:]
             continue
         rec = json.loads(proc.stdout.strip().splitlines()[-1])
-        rec.update(xla_flags=flags, layout=layout, load_average=common.load_average())
+        rec.update(env=env, xla_flags=flags, layout=layout, load_average=common.load_average())
         records[name] = rec
         t = {k: v["median_s"] for k, v in rec["timings"].items()}
         jopt_bytes = rec["compiled"]["jopt"]["bytes_accessed"]  # per device when sharded
