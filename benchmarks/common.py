@@ -108,38 +108,39 @@ def block(tree: Any) -> Any:
 
 
 def streaming_bandwidth(n: int = 1 << 24, repeats: int = 20) -> dict[str, float]:
-    """Measured streaming bandwidth (bytes/s), STREAM's way: bytes named in the kernel / time.
+    """Measured streaming bandwidth (bytes/s): bytes named in the kernel / median time.
 
-    Three kernels on ``n`` float32 (64 MiB each at the default, far above any cache): NumPy
-    copy (one thread; 2 arrays), a donated JAX triad ``a <- b + s * c`` (3 arrays, whatever
-    backend JAX runs on) and, where torch is installed, torch's ``add(b, c, alpha=s, out=a)``
-    with its default threads (3 arrays). ``best`` is the fastest of them: the bound.
+    The kernel is the access pattern of an optimizer step, an in-place update that reads two
+    arrays and writes one it has just read (``a <- a + s * b``: 3 arrays of ``n`` float32, 64 MiB
+    each at the default, far above any cache), in NumPy (one thread), in JAX (jitted, ``a``
+    donated; whatever backend JAX runs on) and, where installed, in torch with its default
+    threads (``a.add_(b, alpha=s)``). ``best`` is the fastest of them: the bound.
     """
     import jax
     import jax.numpy as jnp
 
     out: dict[str, float] = {}
-    a, b, c = (np.full(n, v, np.float32) for v in (0.0, 1.0, 2.0))
-    t = Timing(time_calls(lambda: np.copyto(a, b), repeats + 2)[2:])
-    out["numpy_copy"] = 2 * 4 * n / t.median
+    a, b = np.full(n, 1.0, np.float32), np.full(n, 2.0, np.float32)
+    t = Timing(time_calls(lambda: np.add(a, b, out=a), repeats + 2)[2:])
+    out["numpy_axpy"] = 3 * 4 * n / t.median
 
-    triad = jax.jit(lambda a, b, c: b + 0.5 * c, donate_argnums=0, keep_unused=True)
-    arrays = [jnp.zeros(n, jnp.float32), jnp.ones(n, jnp.float32), jnp.full(n, 2.0, jnp.float32)]
+    axpy = jax.jit(lambda a, b: a + 0.5 * b, donate_argnums=0)
+    arrays = [jnp.ones(n, jnp.float32), jnp.full(n, 2.0, jnp.float32)]
 
-    def jax_triad() -> None:
-        arrays[0] = triad(*arrays)
+    def jax_axpy() -> None:
+        arrays[0] = axpy(*arrays)
         arrays[0].block_until_ready()
 
-    t = Timing(time_calls(jax_triad, repeats + 2)[2:])
-    out["jax_triad"] = 3 * 4 * n / t.median
+    t = Timing(time_calls(jax_axpy, repeats + 2)[2:])
+    out["jax_axpy"] = 3 * 4 * n / t.median
     try:
         import torch
     except ImportError:
         pass
     else:
-        ta, tb, tc = (torch.full((n,), v) for v in (0.0, 1.0, 2.0))
-        t = Timing(time_calls(lambda: torch.add(tb, tc, alpha=0.5, out=ta), repeats + 2)[2:])
-        out["torch_triad"] = 3 * 4 * n / t.median
+        ta, tb = torch.full((n,), 1.0), torch.full((n,), 2.0)
+        t = Timing(time_calls(lambda: ta.add_(tb, alpha=0.5), repeats + 2)[2:])
+        out["torch_axpy"] = 3 * 4 * n / t.median
     out["best"] = max(out.values())
     return out
 

@@ -61,7 +61,9 @@ def summarize(results: Path) -> str:
             for k, v in t.items():
                 row[k] = common.ms(v)
             row["bound"] = common.ms(rec["bound_s"])
-            fastest = min(t.get("jopt flat", float("inf")), t.get("facade", float("inf")))
+            # jopt's fastest user-facing path: the functional step on the tree or on the flat
+            # buffers, or the facade.
+            fastest = min(t.get(k, float("inf")) for k in ("jopt", "jopt flat", "facade"))
             row["best jopt / optax"] = fastest / t["optax"] if "optax" in t else float("nan")
             row["best jopt / torch fused"] = (
                 fastest / t["torch fused"] if "torch fused" in t else float("nan")
@@ -143,9 +145,13 @@ def summarize(results: Path) -> str:
                 for k, c in iris["compile"].items()
             ]
             out.append(common.table(crow, list(crow[0])))
-            step_s = iris["compile"]["default flags"]["step_compile_s"]
+            c = iris["compile"]["default flags"]
             targets.append(
-                ("Iris train step compiles in <= 1 s", step_s <= 1.0, f"{step_s:.2f} s (XLA)")
+                (
+                    "Iris train step compiles in <= 1 s (trace + lower + XLA, fresh process)",
+                    c["step_total_s"] <= 1.0,
+                    f"{c['step_total_s']:.2f} s ({c['step_compile_s']:.2f} s of it XLA)",
+                )
             )
         if iris.get("processes"):
             out.append("\nWhole processes, wall seconds:\n")
