@@ -12,8 +12,9 @@ params and state (no donation).
 Contenders: ``jopt`` (jitted, donated), ``jopt no-donate``, ``optax`` (donated), the
 ``facade`` (``jopt.optim.Adam(params).step(grads)``) and ``torch fused`` (in place).
 
-Run: ``python benchmarks/memory.py`` (``--quick`` for a tiny smoke run). Linux only (reads
-``/proc/self/status``); elsewhere it falls back to ``getrusage``'s peak without the reset.
+Run: ``python benchmarks/memory.py`` (``--quick`` for a tiny smoke run). Host memory is read
+from ``/proc/self/status`` (Linux; elsewhere ``getrusage``'s peak, without the reset); on a GPU
+or TPU the device's own ``peak_bytes_in_use`` is recorded as well.
 """
 
 from __future__ import annotations
@@ -124,7 +125,9 @@ def worker(contender: str, n: int) -> dict[str, Any]:
         jax.block_until_ready(params)
         donated = old.is_deleted()
     high = peak()
+    device_stats = jax.devices()[0].memory_stats() or {}  # accelerators: their own memory
     return {
+        "device_peak_bytes": device_stats.get("peak_bytes_in_use"),
         "baseline": baseline,
         "after_inputs": after_inputs,
         "peak": high,
