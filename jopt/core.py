@@ -179,8 +179,9 @@ def inject_hyperparams(
     current value is what ``state.hyperparams`` shows.
 
     Booleans and strings stay static. A factory may name arguments in ``static_when_zero``
-    (SGD's ``momentum``): passed as a concrete ``0`` they stay static, so no momentum buffer is
-    allocated — as in torch, where the buffer exists only for ``momentum != 0``.
+    (``momentum``, ``weight_decay``): left at a default of 0 they stay static, so the step keeps
+    no momentum buffer and reads no weights for decay — as in torch, which skips both terms at
+    0. Passed explicitly, even as 0, they are data that may change later.
 
     Construction calls ``factory`` once with the given values, so bad hyperparameters raise
     torch's ``ValueError`` immediately.
@@ -190,11 +191,14 @@ def inject_hyperparams(
 
     def wrapped(*args: Any, **kwargs: Any) -> GradientTransformationExtraArgs:
         bound = signature.bind(*args, **kwargs)
+        given = set(bound.arguments)
         bound.apply_defaults()
         # A list of numbers is torch's spelling of a tuple (``betas=[0.9, 0.999]``).
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in bound.arguments.items()}
         zero_static = {
-            k for k in getattr(factory, "static_when_zero", ()) if is_zero(values.get(k))
+            k
+            for k in getattr(factory, "static_when_zero", ())
+            if k not in given and is_zero(values.get(k))
         }
         dynamic = {
             k: v

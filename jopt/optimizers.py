@@ -113,7 +113,7 @@ def sgd(
     )
 
 
-sgd.static_when_zero = ("momentum",)  # type: ignore[attr-defined]
+sgd.static_when_zero = ("momentum", "weight_decay")  # type: ignore[attr-defined]
 
 
 def momentum(
@@ -128,7 +128,7 @@ def momentum(
     return sgd(lr, momentum, dampening, weight_decay, nesterov, maximize)
 
 
-momentum.static_when_zero = ("momentum",)  # type: ignore[attr-defined]
+momentum.static_when_zero = ("momentum", "weight_decay")  # type: ignore[attr-defined]
 
 
 def _check_adam(lr: Any, betas: Any, eps: Any, weight_decay: Any) -> None:
@@ -161,6 +161,9 @@ def adam(
     )
 
 
+adam.static_when_zero = ("weight_decay",)  # type: ignore[attr-defined]
+
+
 def adamw(
     lr: LearningRate = 1e-3,
     betas: tuple[Scalar, Scalar] = (0.9, 0.999),
@@ -181,6 +184,9 @@ def adamw(
         None if is_zero(weight_decay) else T.add_decayed_weights(weight_decay),
         T.scale_by_learning_rate(lr),
     )
+
+
+adamw.static_when_zero = ("weight_decay",)  # type: ignore[attr-defined]
 
 
 def rmsprop(
@@ -213,7 +219,7 @@ def rmsprop(
     )
 
 
-rmsprop.static_when_zero = ("momentum",)  # type: ignore[attr-defined]
+rmsprop.static_when_zero = ("momentum", "weight_decay")  # type: ignore[attr-defined]
 
 
 def adagrad(
@@ -241,3 +247,6 @@ def adagrad(
         T.scale_by_adagrad(lr_decay, initial_accumulator_value, eps),
         T.scale_by_learning_rate(lr),
     )
+
+
+adagrad.static_when_zero = ("weight_decay",)  # type: ignore[attr-defined]

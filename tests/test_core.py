@@ -163,6 +163,27 @@ def test_static_when_zero(name: str) -> None:
     assert not _has(getattr(jopt, name)(lr=0.1).init(params), jopt.TraceState)
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_zero_weight_decay_is_static_unless_given(name: str) -> None:
+    """A default weight_decay of 0 leaves the term out (torch: ``if weight_decay != 0``); one
+    passed explicitly, even 0, is data that changes the next step without recompiling."""
+    params = jax.tree.map(jnp.asarray, make_params())
+    factory = jopt.inject_hyperparams(getattr(jopt, name))
+    if name != "adamw":  # adamw's default is 0.01
+        assert "weight_decay" not in factory(lr=0.1).init(params).hyperparams
+    given = factory(lr=0.1, weight_decay=0.0)
+    step, traces = counted_step(given)
+    grads = jax.tree.map(jnp.zeros_like, params)  # only the decay can move the weights
+    plain, _ = step(params, given.init(params), grads)
+    state = given.init(params)
+    state.hyperparams["weight_decay"] = 0.5
+    decayed, _ = step(params, state, grads)
+    assert len(traces) == 1
+    assert not all(
+        np.allclose(a, b) for a, b in zip(jax.tree.leaves(decayed), jax.tree.leaves(plain))
+    )
+
+
 SCHEDULES = {
     "optax-cosine": optax.cosine_decay_schedule(0.1, decay_steps=12, alpha=0.1),
     "exponential-lambda": lambda count: 0.1 * 0.8**count,

@@ -66,6 +66,9 @@ def _adam(
     return factory(lr, betas, eps, weight_decay, amsgrad, maximize)
 
 
+_adam.static_when_zero = ("weight_decay",)  # type: ignore[attr-defined]
+
+
 class Adam(Optimizer):
     """``torch.optim.Adam`` over :func:`jopt.adam` (:func:`jopt.adamw` when decoupled)."""
 

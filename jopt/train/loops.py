@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -176,11 +177,7 @@ def sweep(
         model_fn = _default_model(data)
     first = {name: float(v[0]) for name, v in hyper.items()}
     opt = inject_hyperparams(optimizer)(**first, **optimizer_kwargs)
-    # lax.map, not vmap: K small initialisations in a loop compile like one (a batched
-    # random-number generator takes seconds to compile) and run in microseconds each.
-    init = jax.jit(lambda seeds: jax.lax.map(lambda s: init_params(model_fn, s), seeds),
-                   compiler_options=small_program_options())
-    params = init(seeds_arr)
+    params = _batched_init(model_fn)(seeds_arr)
     graphdef = nnx.graphdef(nnx.eval_shape(lambda: model_fn(nnx.Rngs(0))))
     if trainer is None:
         trainer = Trainer(
@@ -213,8 +210,28 @@ def sweep(
     )
 
 
+@functools.cache
+def _batched_init(model_fn: Callable[[nnx.Rngs], nnx.Module]) -> Callable[[Any], Any]:
+    """The compiled initialisation of K models from K seeds, kept across sweeps.
+
+    ``lax.map``, not ``vmap``: K small initialisations in a loop compile like one (a batched
+    random-number generator takes seconds to compile) and run in microseconds each.
+    """
+    return jax.jit(
+        lambda seeds: jax.lax.map(lambda s: init_params(model_fn, s), seeds),
+        compiler_options=small_program_options(),
+    )
+
+
 def _default_model(data: Dataset) -> Callable[[nnx.Rngs], nnx.Module]:
+    return _mlp(data.num_features, data.num_classes)
+
+
+@functools.cache
+def _mlp(num_features: int, num_classes: int) -> Callable[[nnx.Rngs], nnx.Module]:
+    """The default 4-16-3 MLP factory, one object per shape so its compiled init is reused."""
+
     def model_fn(rngs: nnx.Rngs) -> nnx.Module:
-        return MLP(data.num_features, (16,), data.num_classes, rngs=rngs)
+        return MLP(num_features, (16,), num_classes, rngs=rngs)
 
     return model_fn
