@@ -123,6 +123,27 @@ def _mask_tree(mask: Mask | None, params: Any) -> Any:
     return tree
 
 
+def _add_param_term(
+    name: str, coefficient: Any, term: Any, mask: Mask | None
+) -> GradientTransformation:
+    """``u <- u + coefficient * term(p)`` on the leaves where ``mask`` is true."""
+
+    def init(params: Any) -> EmptyState:
+        del params
+        return EmptyState()
+
+    def update(updates: Any, state: EmptyState, params: Any = None) -> tuple[Any, EmptyState]:
+        params = _need_params(params, name)
+        check_tree_match(updates, params)
+
+        def leaf(u: jax.Array, p: jax.Array, keep: bool) -> jax.Array:
+            return (u + _c(coefficient, u) * term(p)).astype(u.dtype) if keep else u
+
+        return jax.tree.map(leaf, updates, params, _mask_tree(mask, params)), state
+
+    return GradientTransformation(init, update)
+
+
 def add_decayed_weights(
     weight_decay: float | jax.Array = 0.0, mask: Mask | None = None
 ) -> GradientTransformation:
@@ -133,50 +154,12 @@ def add_decayed_weights(
     is AdamW's decoupled decay ``p <- p - lr * weight_decay * p``
     (torch's ``param.mul_(1 - lr * weight_decay)``).
     """
-
-    def init(params: Any) -> EmptyState:
-        del params
-        return EmptyState()
-
-    def update(updates: Any, state: EmptyState, params: Any = None) -> tuple[Any, EmptyState]:
-        params = _need_params(params, "add_decayed_weights")
-        check_tree_match(updates, params)
-        keep = _mask_tree(mask, params)
-        return (
-            jax.tree.map(
-                lambda u, p, m: (u + _c(weight_decay, u) * p).astype(u.dtype) if m else u,
-                updates,
-                params,
-                keep,
-            ),
-            state,
-        )
-
-    return GradientTransformation(init, update)
+    return _add_param_term("add_decayed_weights", weight_decay, lambda p: p, mask)
 
 
 def add_l1_penalty(l1: float | jax.Array, mask: Mask | None = None) -> GradientTransformation:
     """``u <- u + l1 * sign(p)``: the gradient of ``l1 * |p|_1`` (torch: add it to the loss)."""
-
-    def init(params: Any) -> EmptyState:
-        del params
-        return EmptyState()
-
-    def update(updates: Any, state: EmptyState, params: Any = None) -> tuple[Any, EmptyState]:
-        params = _need_params(params, "add_l1_penalty")
-        check_tree_match(updates, params)
-        keep = _mask_tree(mask, params)
-        return (
-            jax.tree.map(
-                lambda u, p, m: (u + _c(l1, u) * jnp.sign(p)).astype(u.dtype) if m else u,
-                updates,
-                params,
-                keep,
-            ),
-            state,
-        )
-
-    return GradientTransformation(init, update)
+    return _add_param_term("add_l1_penalty", l1, jnp.sign, mask)
 
 
 def clip_by_global_norm(max_norm: float | jax.Array) -> GradientTransformation:
