@@ -145,6 +145,12 @@ def add_common(p: argparse.ArgumentParser) -> None:
                    help="do not use the persistent compilation cache")
 
 
+def add_optimizer(p: argparse.ArgumentParser) -> None:
+    """``--optimizer NAME``, one of jopt's optimizers (train and sweep take one)."""
+    p.add_argument("--optimizer", type=choice_of(OPTIMIZER_NAMES, "optimizer"), default="adam",
+                   metavar="NAME", help=", ".join(OPTIMIZER_NAMES) + " (default adam)")
+
+
 def add_lr(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=number(float, "--lr", 0.0), default=None,
                    help="learning rate (default: the recipe's for the optimizer)")

@@ -6,11 +6,10 @@ import argparse
 from typing import Any
 
 from jopt.cli.common import (
-    OPTIMIZER_NAMES,
     UsageError,
     add_common,
+    add_optimizer,
     check_optimizer,
-    choice_of,
     compile_report,
     emit_json,
     fmt,
@@ -27,8 +26,7 @@ from jopt.cli.common import (
 def add(sub: Any) -> None:
     p = sub.add_parser("sweep", help="train many learning rates at once (vmap, one compile)",
                        description="Train --runs learning rates, log-spaced, in one program.")
-    p.add_argument("--optimizer", type=choice_of(OPTIMIZER_NAMES, "optimizer"), default="adam",
-                   metavar="NAME", help=", ".join(OPTIMIZER_NAMES) + " (default adam)")
+    add_optimizer(p)
     p.add_argument("--lr-min", type=number(float, "--lr-min", 0.0, strict=True), default=1e-4,
                    help="smallest learning rate (default 1e-4)")
     p.add_argument("--lr-max", type=number(float, "--lr-max", 0.0, strict=True), default=1.0,

@@ -6,12 +6,11 @@ import argparse
 from typing import Any
 
 from jopt.cli.common import (
-    OPTIMIZER_NAMES,
     UsageError,
     add_common,
     add_lr,
+    add_optimizer,
     check_optimizer,
-    choice_of,
     compile_report,
     emit_json,
     epoch_table,
@@ -31,8 +30,7 @@ from jopt.cli.common import (
 def add(sub: Any) -> None:
     p = sub.add_parser("train", help="train the MLP on Iris with one optimizer",
                        description="Train the 4-16-3 MLP on Iris with one optimizer.")
-    p.add_argument("--optimizer", type=choice_of(OPTIMIZER_NAMES, "optimizer"), default="adam",
-                   metavar="NAME", help=", ".join(OPTIMIZER_NAMES) + " (default adam)")
+    add_optimizer(p)
     add_lr(p)
     add_common(p)
     p.add_argument("--checkpoint-dir", default=None, metavar="DIR",
