@@ -64,14 +64,12 @@ class Optimizer:
         self._module: nnx.Module | None = None
         if isinstance(params, nnx.Module):
             self._module = params
-            self._graphdef, tree, self._rest = nnx.split(params, nnx.Param, ...)
+            self._graphdef, tree = nnx.split(params, nnx.Param, ...)[:2]
             groups, self._grouped = [{"params": tree}], False
         elif _is_group_list(params):
             groups, self._grouped = list(params), True
         else:
             groups, self._grouped = [{"params": params}], False
-        if not groups:
-            raise ValueError("optimizer got an empty parameter list")
         for group in groups:
             self.add_param_group(group)
 
@@ -167,7 +165,7 @@ class Optimizer:
         index = len(self.param_groups)
         self.param_groups.append(group)
         # Given one tree, the user sees one tree; once there are several groups, a list of them.
-        self._grouped = getattr(self, "_grouped", False) or index > 0
+        self._grouped = self._grouped or index > 0
         self._layouts.append(layout)
         self._args.append(None)
         static, arrays = self._group_args(index)
@@ -289,9 +287,7 @@ class Optimizer:
                     f"expected gradients for {len(self._layouts)} parameter groups, "
                     f"got {len(grads)}"
                 )
-            leaves = []
-            for layout, grad in zip(self._layouts, grads):
-                leaves.append(layout.leaves_of(grad))
+            leaves = [layout.leaves_of(grad) for layout, grad in zip(self._layouts, grads)]
             fn = self._compile("grads", statics)
             self._flat, self._states, self._scratch = fn(
                 self._flat, self._states, hps, leaves, self._grad_scratch()
