@@ -7,7 +7,7 @@ contenders, all timed in this process, interleaved:
   donated (updated in place);
 - ``jopt``: ``jopt.adam`` / ``jopt.sgd(momentum=0.9)``, the same jitted, donated step;
 - ``jopt flat``: the same functional step on the flat buffers of
-  :class:`jopt.optim.flat.Layout` (``{"float32": f32[n]}`` for params, grads and state): what a
+  :func:`jopt.flat_params` (``{"float32": f32[n]}`` for params, grads and state): what a
   train step gets when it keeps the parameters flat and differentiates the loss of
   ``layout.unflatten(flat)`` (the facade's storage, usable from the functional API);
 - ``jopt+optax.flatten``: ``optax.flatten(jopt.adam(...))``: flat state, but the gradients are
@@ -41,7 +41,6 @@ import common  # noqa: E402
 
 import jopt  # noqa: E402
 import jopt.optim  # noqa: E402
-from jopt.optim.flat import Layout  # noqa: E402
 
 CASES = ["10Mx1", "10Mx100", "1Mx1000", "100Kx10"]
 QUICK_CASES = ["20Kx1", "20Kx100"]
@@ -132,10 +131,14 @@ class FacadeContender:
 
     def __call__(self) -> None:
         self.opt.step(self.grads)
-        jax.block_until_ready(self.opt._flat)
+        jax.block_until_ready(self._buffers())
+
+    def _buffers(self) -> Any:
+        """The optimizer's flat parameters and state (what a step writes)."""
+        return [(g.flat, g.state) for g in self.opt._groups]
 
     def donates(self) -> bool:
-        before = jax.tree.leaves((self.opt._flat, self.opt._states))
+        before = jax.tree.leaves(self._buffers())
         self()
         return all(x.is_deleted() for x in before if x.ndim > 0)
 
@@ -168,8 +171,8 @@ def build(contender: str, name: str, params: Any, grads: Any) -> Callable[[], No
     if contender == "jopt":
         return JaxContender(functional(name, "jopt"), params, grads)
     if contender == "jopt flat":
-        layout = Layout(params)  # one buffer per dtype: {"float32": f32[n]}
-        return JaxContender(functional(name, "jopt"), layout.flatten(params), layout.flatten(grads))
+        flat, _ = jopt.flat_params(params)  # one buffer per dtype: {"float32": f32[n]}
+        return JaxContender(functional(name, "jopt"), flat, jopt.flat_params(grads)[0])
     if contender == "jopt+optax.flatten":
         return JaxContender(optax.flatten(functional(name, "jopt")), params, grads)
     if contender == "facade":

@@ -18,6 +18,7 @@ from jopt.core import (
     identity,
     inject_hyperparams,
 )
+from jopt.flat import flat_params
 from jopt.optimizers import adagrad, adam, adamw, momentum, rmsprop, sgd
 from jopt.plateau import ReduceOnPlateauState, plateau_step, reduce_on_plateau
 from jopt.transforms import (
@@ -63,6 +64,7 @@ __all__ = [
     "chain",
     "check_tree_match",
     "clip_by_global_norm",
+    "flat_params",
     "identity",
     "inject_hyperparams",
     "momentum",

@@ -143,11 +143,11 @@ def test_facade_lr_change_does_not_recompile() -> None:
     opt = jopt.optim.Adam({"w": jnp.ones(8), "b": jnp.zeros(3)}, lr=1e-3)
     grads = {"w": jnp.ones(8), "b": jnp.ones(3)}
     opt.step(grads)
-    traces = opt._traces
+    traces = opt.compile_count
     for lr in (1e-2, 0.5, 3.0):
         opt.param_groups[0]["lr"] = lr
         opt.step(grads)
-    assert opt._traces == traces
+    assert opt.compile_count == traces
 
 
 def test_iris_run_compiles_once() -> None:
@@ -163,9 +163,9 @@ def test_iris_run_compiles_once() -> None:
 def test_facade_loop_compiles_once_per_batch_shape() -> None:
     loop = iris.FacadeLoop(epochs=1)
     loop()
-    traces = loop.opt._traces
+    traces = loop.opt.compile_count
     loop()
-    assert loop.opt._traces == traces
+    assert loop.opt.compile_count == traces
     # The full batches and the short last one: one compiled step each.
     assert traces == 2
 

@@ -517,7 +517,7 @@ def test_optimizer_follows_scheduler_without_recompiling() -> None:
             tsched.step()
             sched.step()
         np.testing.assert_allclose(np.asarray(opt.params["w"]), tparam.detach().numpy(), rtol=1e-10)
-    assert opt._traces == 1
+    assert opt.compile_count == 1
 
 
 # --------------------------------------------------------------------------------------------

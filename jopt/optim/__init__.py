@@ -1,12 +1,30 @@
 """``torch.optim`` for JAX: the optimizer classes a PyTorch user already knows how to drive.
 
-``jopt.optim.Adam(params, lr=1e-3)`` then ``opt.step(grads)``, ``loss = opt.step(loss_fn, x, y)``
-or ``opt.zero_grad(); opt.backward(loss_fn, x, y); opt.step()``. The update rules are jopt's
-functional optimizers; see :class:`jopt.optim.Optimizer`.
+``jopt.optim.Adam(params, lr=1e-3)`` then ``loss = opt.step(loss_fn, x, y)``, ``opt.step(grads)``
+or ``opt.zero_grad(); opt.backward(loss_fn, x, y); opt.step()``. ``params`` may be a tree, an
+``nnx.Module`` (shared with the optimizer, as torch's parameters are), ``named_parameters(model)``
+or param groups. The update rules are jopt's functional optimizers; see
+:class:`jopt.optim.Optimizer`.
 """
 
 from jopt.optim import lr_scheduler
 from jopt.optim.algorithms import SGD, Adagrad, Adam, AdamW, RMSprop
-from jopt.optim.optimizer import Optimizer
+from jopt.optim.clip import clip_grad_norm_, clip_grad_value_
+from jopt.optim.optimizer import Optimizer, RecompileWarning
+from jopt.optim.params import named_parameters
+from jopt.optim.porting import from_torch
 
-__all__ = ["SGD", "Adagrad", "Adam", "AdamW", "Optimizer", "RMSprop", "lr_scheduler"]
+__all__ = [
+    "SGD",
+    "Adagrad",
+    "Adam",
+    "AdamW",
+    "Optimizer",
+    "RMSprop",
+    "RecompileWarning",
+    "clip_grad_norm_",
+    "clip_grad_value_",
+    "from_torch",
+    "lr_scheduler",
+    "named_parameters",
+]

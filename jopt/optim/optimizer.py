@@ -3,36 +3,101 @@
 A facade class maps torch's constructor onto a functional optimizer (``jopt.adam``, ...) and
 holds no arithmetic of its own. What it adds is torch's way of driving one:
 
-- ``params`` is a pytree, a list of param groups ``[{"params": tree, "lr": ...}, ...]`` or a
-  ``flax.nnx.Module`` (its ``nnx.Param`` state is optimized and written back after each step);
-- ``step(grads)``, ``step(loss_fn, *args)`` (value-and-grad and update in one jitted call), and
-  ``zero_grad(); backward(loss_fn, *args); step()`` with gradients accumulating;
-- ``param_groups`` whose hyperparameters are read at every step as data: changing ``lr`` (by
-  hand or by a scheduler) never recompiles;
-- ``state_dict()`` / ``load_state_dict()`` in torch's layout, so optimizer state moves between
-  torch and jopt.
+- ``params``: a tree of arrays, an ``nnx.Module``, ``named_parameters(module)``, or param groups
+  of any of those. Parameters given as ``nnx.Variable`` are shared with their module, as torch's
+  are: read before each step, written after it (:mod:`jopt.optim.params`).
+- ``step(loss_fn, *args)`` (value-and-grad and update in one jitted call), ``zero_grad();
+  backward(loss_fn, *args); step()`` with gradients accumulating in :attr:`grads`,
+  ``step(grads)``, and torch's zero-argument ``step(closure)``. nnx modules among the arguments
+  are carried through the call, their non-parameter state written back (:mod:`.lifting`).
+- ``param_groups`` whose hyperparameters are data: changing ``lr`` never recompiles.
+- ``state_dict()`` / ``load_state_dict()`` in torch's layout, with ``param_names``.
 
-Inside, each group is one flat buffer per dtype (:mod:`jopt.optim.flat`), so a step over many
-small leaves is a few fused kernels, with parameters and state donated to XLA.
+Inside, each group is one flat buffer per dtype (:mod:`jopt.flat`), so the update over many
+small leaves is a few fused kernels, with parameters and state donated to XLA. The loss is
+differentiated with respect to the leaves and the gradient concatenated, so a step costs time
+linear in the number of leaves.
 """
 
 from __future__ import annotations
 
 import contextlib
 import inspect
+import warnings
 import weakref
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jopt.core import GradientTransformation, apply_updates
-from jopt.optim.flat import Flat, Layout
-from jopt.optim.state_layout import from_torch, plain, torch_view, transplant
+from jopt.core import GradientTransformation, apply_updates, check_tree_match
+from jopt.flat import Flat, Layout
+from jopt.optim import state_layout
+from jopt.optim.lifting import Binding, FnKey, get_value, set_value
+from jopt.optim.params import Source, groups_of, is_group_list, source_of, warn_duplicates
 
-__all__ = ["Optimizer"]
+__all__ = ["Optimizer", "RecompileWarning"]
+
+RECOMPILE_LIMIT = 8
+"""New loss functions one optimizer compiles before it warns (torch.compile's default limit)."""
+
+
+class RecompileWarning(UserWarning):
+    """An optimizer keeps compiling step programs for loss functions it has not seen."""
+
+
+@dataclass
+class _Group:
+    """One param group's storage: the flat parameters and the optimizer state over them."""
+
+    source: Source
+    layout: Layout
+    flat: Flat
+    state: Any
+    shared: list[int]  # leaves shared with a Variable
+    written: list[Any]  # per shared leaf, the array last written into its Variable
+    offsets: list[Any] = field(default_factory=list)  # runtime leaf offsets (see Layout)
+    built: tuple[Any, ...] = ()  # the static arguments the state was built for
+    args: tuple[Any, ...] | None = None  # (snapshot, static items, hyperparameter arrays)
+    skeleton: Any = field(default=None)
+
+    def unview(self, tree: Any, what: str) -> list[Any]:
+        """The leaves of ``tree`` (in the structure of the group's parameters), checked."""
+        if self.skeleton is None:
+            structs = [
+                jax.ShapeDtypeStruct(shape, self.layout.dtype_of(i))
+                for i, shape in enumerate(self.layout.shapes)
+            ]
+            self.skeleton = self.source.view(structs)
+        try:
+            leaves = self.source.unview(tree)
+        except (ValueError, TypeError):
+            leaves = None
+        if leaves is None or [jnp.shape(x) for x in leaves] != self.layout.shapes:
+            check_tree_match(tree, self.skeleton, what=what)
+            leaves = self.source.unview(tree)
+        return leaves
+
+
+class _Slot:
+    """Where a lifted module stood among the loss function's arguments (a static leafless node)."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Slot) and other.index == self.index
+
+    def __hash__(self) -> int:
+        return hash(("jopt-slot", self.index))
+
+
+jax.tree_util.register_pytree_node(_Slot, lambda s: ((), s.index), lambda index, _: _Slot(index))
 
 
 class Optimizer:
@@ -48,28 +113,24 @@ class Optimizer:
 
     def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
         self.defaults = dict(defaults)
+        # torch checks the hyperparameters before it looks at the parameters.
+        self.functional(**{k: self.defaults[k] for k in self._keys()})
         self.param_groups: list[dict[str, Any]] = []
-        self._layouts: list[Layout] = []
-        self._flat: list[Flat] = []
-        self._states: list[Any] = []
-        self._args: list[tuple[Any, ...] | None] = []  # per group: (snapshot, static, arrays)
-        self._owned: dict[int, weakref.ref] = {}
+        self._groups: list[_Group] = []
+        self._owner: dict[int, weakref.ref] = {}  # id of a parameter (array, Variable) -> it
+        self._where: dict[int, tuple[int, int]] = {}  # id of a shared Variable -> (group, leaf)
         self._grad: list[Flat] | None = None
-        self._scratch: list[Flat] | None = None  # see _grad_scratch
-        self._compiled: dict[Any, Callable] = {}
-        self._built: list[tuple[Any, ...]] = []  # each group's static arguments its state has
-        self._traces = 0  # how many times a step was traced (= compiled); read by tests
+        self._scratch: list[Flat] | None = None
+        self._programs: dict[Any, Callable] = {}
+        self._compiles = 0
+        self._loss_fns: set[FnKey] = set()
+        self._warned = False
+        self._bindings: dict[int, tuple[weakref.ref, Binding]] = {}
+        self._tokens: dict[Any, int] = {}
         self._params_cache: Any = None
-
-        self._module: nnx.Module | None = None
-        if isinstance(params, nnx.Module):
-            self._module = params
-            self._graphdef, tree = nnx.split(params, nnx.Param, ...)[:2]
-            groups, self._grouped = [{"params": tree}], False
-        elif _is_group_list(params):
-            groups, self._grouped = list(params), True
-        else:
-            groups, self._grouped = [{"params": params}], False
+        groups, first = groups_of(params)
+        self._module: nnx.Module | None = params if first == "module" else None
+        self._grouped = len(groups) > 1 or (first == "tree" and is_group_list(params))
         for group in groups:
             self.add_param_group(group)
 
@@ -109,14 +170,14 @@ class Optimizer:
 
         Called at every step, so the common case is one tuple comparison.
         """
-        group = self.param_groups[index]
+        group, stored = self.param_groups[index], self._groups[index]
         snapshot = tuple(_hashable(group[k]) for k in self._keys())
-        cached = self._args[index]
+        cached = stored.args
         if cached is None or cached[0] != snapshot:
             static, dynamic = self._split(group)
             arrays = jax.tree.map(lambda v: jnp.asarray(float(v)), dynamic)
             cached = (snapshot, tuple(sorted(static.items())), arrays)
-            self._args[index] = cached
+            stored.args = cached
         return cached[1], cached[2]
 
     def _transform(self, index: int, hyperparams: dict[str, Any]) -> GradientTransformation:
@@ -131,12 +192,12 @@ class Optimizer:
         starts fresh, as torch creates a missing buffer at the next step.
         """
         statics, hps = [], []
-        for i in range(len(self.param_groups)):
+        for i, group in enumerate(self._groups):
             static, arrays = self._group_args(i)
-            if static != self._built[i]:
-                template = self._transform(i, arrays).init(self._flat[i])
-                self._states[i] = transplant(self._states[i], template)
-                self._built[i] = static
+            if static != group.built:
+                template = self._transform(i, arrays).init(group.flat)
+                group.state = state_layout.transplant(group.state, template)
+                group.built = static
             statics.append(static)
             hps.append(arrays)
         return tuple(statics), hps
@@ -146,158 +207,365 @@ class Optimizer:
         if not isinstance(param_group, dict):
             raise TypeError(f"param_group must be a dict, but got {type(param_group).__name__}")
         group = dict(param_group)
-        tree = group.pop("params")
-        leaves = jax.tree.leaves(tree)
-        if not leaves:
+        source = source_of(group.pop("params"))
+        if not source.leaves:
             raise ValueError("optimizer got an empty parameter list")
-        for leaf in leaves:
-            ref = self._owned.get(id(leaf))
-            if ref is not None and ref() is leaf:
-                raise ValueError("some parameters appear in more than one parameter group")
+        warn_duplicates(source)
         for key, value in self.defaults.items():
             group.setdefault(key, value)
+        if source.names is not None:
+            group["param_names"] = list(source.names)
+        if self.param_groups and ("param_names" in group) != (
+            "param_names" in self.param_groups[0]
+        ):
+            with_names = "with names" if "param_names" in group else "without names"
+            raise ValueError(
+                "all optimizer param groups should be with/without names. "
+                f"cannot add param group {with_names} to the optimizer"
+            )
+        identities = [
+            v if v is not None else leaf for v, leaf in zip(source.variables, source.leaves)
+        ]
+        for obj in identities:
+            ref = self._owner.get(id(obj))
+            if ref is not None and ref() is obj:
+                raise ValueError("some parameters appear in more than one parameter group")
+        for leaf in source.leaves:
+            if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
+                raise ValueError(
+                    f"can't optimize a parameter of dtype {jnp.result_type(leaf)}: jopt.optim "
+                    "takes real floating point parameters (the functional optimizers, jopt.adam "
+                    "and the others, also take complex ones)"
+                )
         self.functional(**{k: group[k] for k in self._keys()})  # torch's ValueErrors
 
-        layout = Layout(tree)
-        for leaf in leaves:
-            with contextlib.suppress(TypeError):  # NumPy arrays: no identity to track
-                self._owned[id(leaf)] = weakref.ref(leaf)
         index = len(self.param_groups)
+        layout = Layout(source.leaves, source.paths)
+        shared = [i for i, v in enumerate(source.variables) if v is not None]
+        stored = _Group(source, layout, _flatten(layout)(source.leaves), None, shared, [])
+        stored.written = [source.leaves[i] for i in shared]
+        stored.offsets = layout.offsets()
+        source.leaves = []  # the values live in the flat buffer now
+        for obj in identities:
+            with contextlib.suppress(TypeError):  # NumPy arrays: no identity to track
+                self._owner[id(obj)] = weakref.ref(obj)
+        for i in shared:
+            self._where[id(source.variables[i])] = (index, i)
         self.param_groups.append(group)
-        # Given one tree, the user sees one tree; once there are several groups, a list of them.
+        self._groups.append(stored)
         self._grouped = self._grouped or index > 0
-        self._layouts.append(layout)
-        self._args.append(None)
         static, arrays = self._group_args(index)
-        self._built.append(static)
-        self._flat.append(jax.jit(layout.flatten)(tree))
-        self._states.append(self._transform(index, arrays).init(self._flat[-1]))
-        self._grad = None
-        self._scratch = None
-        self._params_cache = None
-        layouts = tuple(self._layouts)
-        self._unflatten = jax.jit(
-            lambda flats: [lay.unflatten(f) for lay, f in zip(layouts, flats)]
-        )
+        stored.built = static
+        stored.state = self._transform(index, arrays).init(stored.flat)
+        self._grad = self._scratch = self._params_cache = None
+        self._programs.clear()
+        self._bindings.clear()
 
-    # ---------------------------------------------------------------------------------------
-    # Parameters as the user sees them
-    # ---------------------------------------------------------------------------------------
-
-    def _view(self, flats: list[Flat], rest: Any = None) -> Any:
-        """The parameters in the structure given: a tree, a list of trees, or a module."""
-        trees = [layout.unflatten(flat) for layout, flat in zip(self._layouts, flats)]
+    @property
+    def _first(self) -> str:
+        """What a loss function is given first: the module, the parameters, or nothing."""
         if self._module is not None:
-            return nnx.merge(self._graphdef, trees[0], rest)
-        return trees if self._grouped else trees[0]
+            return "module"
+        named = any(g.source.kind != "tree" and g.source.shared for g in self._groups)
+        return "none" if named else "tree"
+
+    # ---------------------------------------------------------------------------------------
+    # Parameters and gradients as the user sees them
+    # ---------------------------------------------------------------------------------------
+
+    def _views(self, flats: list[Flat], offsets: list[list[Any]]) -> Any:
+        views = [
+            g.source.view(g.layout.unflatten_leaves(f, o))
+            for g, f, o in zip(self._groups, flats, offsets)
+        ]
+        return views if self._grouped else views[0]
 
     @property
     def params(self) -> Any:
-        """The current parameters in the structure given (the ``nnx.Param`` state for a module)."""
+        """The current parameters in the structure given (the ``nnx.Param`` state of a module,
+        a list for named parameters, a list of group trees once there are several groups)."""
+        self._pull()
         if self._params_cache is None:
-            trees = self._unflatten(self._flat)
-            self._params_cache = trees if self._grouped else trees[0]
+            self._params_cache = _jit_views(self)(self._flats(), self._offsets())
         return self._params_cache
 
-    def _sync_module(self) -> None:
-        self._params_cache = None
+    @property
+    def grads(self) -> Any:
+        """The gradients accumulated by :meth:`backward`, in the structure of :attr:`params`
+        (None after :meth:`zero_grad`): torch's ``p.grad``. Assign to change them."""
+        return None if self._grad is None else _jit_views(self)(self._grad, self._offsets())
+
+    @grads.setter
+    def grads(self, value: Any) -> None:
+        if value is None:
+            self._grad = None
+            return
+        self._grad = self._flat_grads(value, "gradients")
+
+    def _flat_grads(self, grads: Any, what: str) -> list[Flat]:
+        leaves = self._leaves_of(grads, what)
+        return [_flatten(g.layout)(lv) for g, lv in zip(self._groups, leaves)]
+
+    def _leaves_of(self, tree: Any, what: str) -> list[list[Any]]:
+        trees = list(tree) if self._grouped else [tree]
+        if len(trees) != len(self._groups):
+            raise ValueError(
+                f"expected {what} for {len(self._groups)} parameter groups, got {len(trees)}"
+            )
+        return [g.unview(t, what) for g, t in zip(self._groups, trees)]
+
+    def _flats(self) -> list[Flat]:
+        return [g.flat for g in self._groups]
+
+    def _offsets(self) -> list[list[Any]]:
+        return [g.offsets for g in self._groups]
+
+    def _pull(self) -> None:
+        """Take what was written into shared Variables since the last step (torch: the
+        optimizer and the model hold the same tensors)."""
+        for g in self._groups:
+            if not g.shared:
+                continue
+            variables = g.source.variables
+            current = [get_value(variables[i]) for i in g.shared]
+            if all(c is w for c, w in zip(current, g.written)):
+                continue
+            if len(g.shared) < len(g.layout):
+                merged = list(_unflatten(g.layout)(g.flat, g.offsets))
+            else:
+                merged = [None] * len(g.layout)
+            for i, value in zip(g.shared, current):
+                if tuple(jnp.shape(value)) != g.layout.shapes[i]:
+                    raise ValueError(
+                        f"parameter {g.layout.names[i]} has shape {tuple(jnp.shape(value))} "
+                        f"in its module, where the optimizer has {g.layout.shapes[i]}"
+                    )
+                merged[i] = value
+            g.flat = _flatten(g.layout)(merged)
+            g.written = current
+            self._params_cache = None
+
+    def _push(self, shared_leaves: list[list[Any]]) -> None:
+        """Write the new parameter values into the shared Variables."""
+        for g, leaves in zip(self._groups, shared_leaves):
+            variables = g.source.variables
+            for i, leaf in zip(g.shared, leaves):
+                set_value(variables[i], leaf)
+            g.written = leaves
+
+    # ---------------------------------------------------------------------------------------
+    # Modules among the arguments
+    # ---------------------------------------------------------------------------------------
+
+    def _binding(self, module: nnx.Module) -> Binding:
+        entry = self._bindings.get(id(module))
+        if entry is not None and entry[0]() is module and not entry[1].stale():
+            return entry[1]
+        binding = Binding(module, lambda v: self._where.get(id(v)), None)
+        # Programs are keyed by the module's graph, so model.train() after model.eval()
+        # goes back to the program it had.
+        binding.token = self._tokens.setdefault((id(module), binding.graphdef), len(self._tokens))
+        self._bindings[id(module)] = (weakref.ref(module), binding)
+        return binding
+
+    def _lift(self, args: tuple, kwargs: dict) -> tuple[list[Binding], tuple, dict]:
+        """The bindings of the modules among (own module, args, kwargs), each replaced by a slot."""
+        bindings: list[Binding] = []
+        index: dict[int, int] = {}
+
+        def slot(value: Any) -> Any:
+            if not isinstance(value, nnx.Module):
+                return value
+            if id(value) not in index:
+                index[id(value)] = len(bindings)
+                bindings.append(self._binding(value))
+            return _Slot(index[id(value)])
+
         if self._module is not None:
-            nnx.update(self._module, self.params)
+            slot(self._module)
+        return bindings, tuple(slot(a) for a in args), {k: slot(v) for k, v in kwargs.items()}
+
+    def _loss(
+        self, fn, has_aux, bindings, leaves, carried, args, kwargs
+    ) -> tuple[Any, tuple[Any, list[list[Any]]]]:
+        """Call the loss function inside a trace; (loss, (aux, new carried values))."""
+        modules = [b.rebuild(leaves, c) for b, c in zip(bindings, carried)]
+
+        def put(value: Any) -> Any:
+            return modules[value.index] if isinstance(value, _Slot) else value
+
+        args = tuple(put(a) for a in args)
+        kwargs = {k: put(v) for k, v in kwargs.items()}
+        first = self._first
+        if first == "module":
+            head: tuple = (modules[0],)
+        elif first == "tree":
+            views = [g.source.view(lv) for g, lv in zip(self._groups, leaves)]
+            head = (views if self._grouped else views[0],)
+        else:
+            head = ()
+        out = fn(*head, *args, **kwargs)
+        loss, aux = out if has_aux else (out, None)
+        return loss, (aux, [b.outputs(m) for b, m in zip(bindings, modules)])
 
     # ---------------------------------------------------------------------------------------
-    # Steps
+    # Compiled programs
     # ---------------------------------------------------------------------------------------
 
-    def _update(self, flats: list[Flat], states: list[Any], grads: list[Flat], hps: list[Any]):
+    @property
+    def compile_count(self) -> int:
+        """How many step programs this optimizer has traced and compiled."""
+        return self._compiles
+
+    def _update(self, flats, offsets, states, grads, hps):
         """One optimizer step of every group (traced)."""
         new_flats, new_states = [], []
         for i, (flat, state, grad, hp) in enumerate(zip(flats, states, grads, hps)):
             updates, state = self._transform(i, hp).update(grad, state, flat)
             new_flats.append(apply_updates(flat, updates))
             new_states.append(state)
-        return new_flats, new_states
+        shared = [
+            [g.layout.unflatten_leaves(f, o)[i] for i in g.shared] if g.shared else []
+            for g, f, o in zip(self._groups, new_flats, offsets)
+        ]
+        return new_flats, new_states, shared
 
-    def _loss_and_grads(self, loss_fn: Callable, has_aux: bool, flats, rest, args, kwargs):
-        def objective(flats: list[Flat]) -> Any:
-            return loss_fn(self._view(flats, rest), *args, **kwargs)
+    def _program(self, kind: str, statics: tuple, fn=None, has_aux=False, bindings=()):
+        key = (kind, FnKey(fn) if fn is not None else None, has_aux, statics,
+               tuple(b.token for b in bindings))
+        program = self._programs.get(key)
+        if program is not None:
+            return program
+        if fn is not None:
+            self._note_loss_fn(key[1])
+        bound = list(bindings)
 
-        return jax.value_and_grad(objective, has_aux=has_aux)(flats)
+        def differentiate(flats, offsets, carried, args, kwargs):
+            # The leaves are sliced outside the differentiated function: the loss is
+            # differentiated with respect to the leaves, and their gradients concatenated.
+            leaves = [
+                g.layout.unflatten_leaves(f, o) for g, f, o in zip(self._groups, flats, offsets)
+            ]
 
-    def _compile(
-        self, kind: str, statics: tuple[Any, ...], loss_fn: Callable | None = None, has_aux=False
-    ) -> Callable:
-        key = (kind, loss_fn, has_aux, statics, len(self._layouts))
-        if key in self._compiled:
-            return self._compiled[key]
+            def objective(leaves):
+                return self._loss(fn, has_aux, bound, leaves, carried, args, kwargs)
 
-        def with_grads(flats, states, hps, grad_leaves, scratch):
-            self._traces += 1
-            grads = [lay.flatten_leaves(g) for lay, g in zip(self._layouts, grad_leaves)]
-            new_flats, new_states = self._update(flats, states, grads, hps)
-            # The concatenated gradients go out into the donated scratch buffers' memory.
-            return new_flats, new_states, [{k: g[k] for k in s} for g, s in zip(grads, scratch)]
+            (loss, (aux, carried)), grads = jax.value_and_grad(objective, has_aux=True)(leaves)
+            grads = [g.layout.flatten_leaves(lv) for g, lv in zip(self._groups, grads)]
+            return ((loss, aux) if has_aux else loss), grads, carried
 
-        def with_flat_grads(flats, states, hps, grads):
-            self._traces += 1
-            return self._update(flats, states, grads, hps)
+        def closure(flats, offsets, states, hps, carried, args, kwargs):
+            self._compiles += 1
+            result, grads, carried = differentiate(flats, offsets, carried, args, kwargs)
+            return (result, *self._update(flats, offsets, states, grads, hps), carried)
 
-        def closure(flats, states, hps, rest, args, kwargs):
-            self._traces += 1
-            loss, grads = self._loss_and_grads(loss_fn, has_aux, flats, rest, args, kwargs)
-            return (loss, *self._update(flats, states, grads, hps))
-
-        def backward(flats, acc, rest, args, kwargs):
-            self._traces += 1
-            loss, grads = self._loss_and_grads(loss_fn, has_aux, flats, rest, args, kwargs)
+        def backward(flats, offsets, acc, carried, args, kwargs):
+            self._compiles += 1
+            result, grads, carried = differentiate(flats, offsets, carried, args, kwargs)
             if acc is not None:
                 grads = jax.tree.map(jnp.add, acc, grads)
-            return loss, grads
+            return result, grads, carried
 
-        fn = {
-            "grads": jax.jit(with_grads, donate_argnums=(0, 1, 4), keep_unused=True),
-            "flat_grads": jax.jit(with_flat_grads, donate_argnums=(0, 1)),
-            "closure": jax.jit(closure, donate_argnums=(0, 1)),
-            "backward": jax.jit(backward, donate_argnums=(1,)),
-        }[kind]
-        self._compiled[key] = fn
-        return fn
+        def with_grads(flats, offsets, states, hps, grad_leaves, scratch):
+            self._compiles += 1
+            grads = [g.layout.flatten_leaves(lv) for g, lv in zip(self._groups, grad_leaves)]
+            # The concatenated gradients go out into the donated scratch buffers' memory.
+            kept = [{k: g[k] for k in s} for g, s in zip(grads, scratch)]
+            return (*self._update(flats, offsets, states, grads, hps), kept)
+
+        def with_flat_grads(flats, offsets, states, hps, grads):
+            self._compiles += 1
+            return self._update(flats, offsets, states, grads, hps)
+
+        program = {
+            "closure": lambda: jax.jit(closure, donate_argnums=(0, 2)),
+            "backward": lambda: jax.jit(backward, donate_argnums=(2,)),
+            "grads": lambda: jax.jit(with_grads, donate_argnums=(0, 2, 5), keep_unused=True),
+            "flat_grads": lambda: jax.jit(with_flat_grads, donate_argnums=(0, 2)),
+        }[kind]()
+        self._programs[key] = program
+        return program
+
+    def _note_loss_fn(self, key: FnKey) -> None:
+        if key in self._loss_fns:
+            return
+        self._loss_fns.add(key)
+        if len(self._loss_fns) > RECOMPILE_LIMIT and not self._warned:
+            self._warned = True
+            warnings.warn(
+                f"{type(self).__name__} has compiled step programs for {len(self._loss_fns)} "
+                "different loss functions. A function made anew at every step (a lambda, a "
+                "closure or a partial capturing new objects) is a new program to compile: "
+                "define the loss function once, outside the loop, and pass what changes as "
+                "arguments: opt.step(loss_fn, x, y).",
+                RecompileWarning,
+                stacklevel=4,
+            )
+
+    # ---------------------------------------------------------------------------------------
+    # Steps
+    # ---------------------------------------------------------------------------------------
 
     def step(self, closure: Any = None, *args: Any, has_aux: bool = False, **kwargs: Any) -> Any:
         """Apply one update.
 
-        - ``step(grads)``: ``grads`` has the structure of the parameters;
-        - ``step(loss_fn, *args, **kwargs)``: differentiate ``loss_fn(params, *args, **kwargs)``
-          and update in one jitted call; returns the loss (and aux with ``has_aux=True``);
+        - ``step(loss_fn, *args, **kwargs)``: differentiate ``loss_fn`` and update in one jitted
+          call; returns the loss (``(loss, aux)`` with ``has_aux=True``). ``loss_fn`` receives
+          the optimizer's module, or its parameters in the structure given, then ``args``; an
+          optimizer over a module's Variables (:func:`named_parameters`, sub-modules in
+          groups) prepends nothing: pass the module among ``args``;
+        - ``step(closure)`` with a closure of no arguments: torch's idiom. The closure calls
+          :meth:`zero_grad` and :meth:`backward` and returns the loss; the step uses the
+          gradients it accumulated and returns the loss;
+        - ``step(grads)``: ``grads`` has the structure of :attr:`params`;
         - ``step()``: use the gradients accumulated by :meth:`backward` (a no-op if none, as
-          torch skips parameters without ``.grad``).
+          torch skips parameters without ``.grad``); they stay until :meth:`zero_grad`.
         """
-        if closure is None and self._grad is None:
-            return None
-        statics, hps = self._prepare()
         result = None
+        if callable(closure) and not args and not kwargs and _takes_no_arguments(closure):
+            result = closure()
+            closure = None
+        if closure is None and self._grad is None:
+            return result
+        self._pull()
+        statics, hps = self._prepare()
+        flats, states = self._flats(), [g.state for g in self._groups]
+        offsets = self._offsets()
         if callable(closure):
-            fn = self._compile("closure", statics, closure, has_aux)
-            result, self._flat, self._states = fn(
-                self._flat, self._states, hps, self._rest_state(), args, kwargs
+            bindings, args, kwargs = self._lift(args, kwargs)
+            fn = self._program("closure", statics, closure, has_aux, bindings)
+            carried = [b.inputs() for b in bindings]
+            result, flats, states, shared, carried = fn(
+                flats, offsets, states, hps, carried, args, kwargs
             )
+            for b, values in zip(bindings, carried):
+                b.write(values)
         elif closure is not None:
-            grads = [closure] if not self._grouped else list(closure)
-            if self._grouped and len(grads) != len(self._layouts):
-                raise ValueError(
-                    f"expected gradients for {len(self._layouts)} parameter groups, "
-                    f"got {len(grads)}"
-                )
-            leaves = [layout.leaves_of(grad) for layout, grad in zip(self._layouts, grads)]
-            fn = self._compile("grads", statics)
-            self._flat, self._states, self._scratch = fn(
-                self._flat, self._states, hps, leaves, self._grad_scratch()
+            leaves = self._leaves_of(closure, "gradients")
+            fn = self._program("grads", statics)
+            flats, states, shared, self._scratch = fn(
+                flats, offsets, states, hps, leaves, self._grad_scratch()
             )
         else:
-            grads, self._grad = self._grad, None
-            fn = self._compile("flat_grads", statics)
-            self._flat, self._states = fn(self._flat, self._states, hps, grads)
-        self._sync_module()
+            grads = self._grad  # kept, as torch keeps .grad until zero_grad()
+            fn = self._program("flat_grads", statics)
+            flats, states, shared = fn(flats, offsets, states, hps, grads)
+        for g, flat, state in zip(self._groups, flats, states):
+            g.flat, g.state = flat, state
+        self._push(shared)
+        self._params_cache = None
         return result
+
+    def lower_step(self, loss_fn: Callable, *args: Any, has_aux: bool = False, **kwargs: Any):
+        """The lowered program that ``step(loss_fn, *args, **kwargs)`` runs, without running it:
+        ``.as_text()`` is its StableHLO, ``.compile().cost_analysis()`` what XLA makes of it."""
+        self._pull()
+        statics, hps = self._prepare()
+        bindings, args, kwargs = self._lift(args, kwargs)
+        fn = self._program("closure", statics, loss_fn, has_aux, bindings)
+        carried = [b.inputs() for b in bindings]
+        states = [g.state for g in self._groups]
+        return fn.lower(self._flats(), self._offsets(), states, hps, carried, args, kwargs)
 
     def _grad_scratch(self) -> list[Flat]:
         """Per group, a buffer for each bucket whose gradients ``step(grads)`` concatenates.
@@ -308,18 +576,26 @@ class Optimizer:
         """
         if self._scratch is None:
             self._scratch = [
-                {k: jnp.zeros(lay.sizes[k], lay.dtypes[k]) for k in lay.concatenated}
-                for lay in self._layouts
+                {k: jnp.zeros(g.layout.sizes[k], g.layout.dtypes[k]) for k in g.layout.concatenated}
+                for g in self._groups
             ]
         return self._scratch
 
     def backward(self, loss_fn: Callable, *args: Any, has_aux: bool = False, **kwargs: Any) -> Any:
-        """Add the gradient of ``loss_fn(params, *args, **kwargs)`` to the accumulated one.
+        """Add the gradient of ``loss_fn`` (the arguments as for :meth:`step`) to :attr:`grads`.
 
         torch's ``loss.backward()``: gradients add up until :meth:`zero_grad`. Returns the loss.
         """
-        fn = self._compile("backward", (), loss_fn, has_aux)
-        loss, self._grad = fn(self._flat, self._grad, self._rest_state(), args, kwargs)
+        self._pull()
+        bindings, args, kwargs = self._lift(args, kwargs)
+        kind = "backward" if self._grad is None else "backward+"
+        fn = self._program("backward", (kind,), loss_fn, has_aux, bindings)
+        carried = [b.inputs() for b in bindings]
+        loss, self._grad, carried = fn(
+            self._flats(), self._offsets(), self._grad, carried, args, kwargs
+        )
+        for b, values in zip(bindings, carried):
+            b.write(values)
         return loss
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -328,11 +604,6 @@ class Optimizer:
             self._grad = None
         else:
             self._grad = jax.tree.map(jnp.zeros_like, self._grad)
-
-    def _rest_state(self) -> Any:
-        if self._module is None:
-            return None
-        return nnx.state(self._module, nnx.Not(nnx.Param))
 
     # ---------------------------------------------------------------------------------------
     # torch's state_dict
@@ -346,46 +617,56 @@ class Optimizer:
     def state_dict(self) -> dict[str, Any]:
         """torch's layout: ``{"state": {index: {name: value}}, "param_groups": [...]}``.
 
-        Indices number the flattened leaves, group after group; state names are torch's
-        (``step``, ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``, ``momentum_buffer``,
-        ``square_avg``, ``grad_avg``, ``sum``). A parameter that has not stepped has no entry.
+        Indices number the parameters group after group, in each group's order; state names
+        are torch's (``step``, ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``,
+        ``momentum_buffer``, ``square_avg``, ``grad_avg``, ``sum``). A parameter that has not
+        stepped has no entry. Groups of named parameters carry ``param_names``.
         """
         state: dict[int, dict[str, Any]] = {}
         groups = []
         start = 0
-        for layout, group, group_state in zip(self._layouts, self.param_groups, self._states):
-            step, buffers = torch_view(group_state, layout)
-            if buffers or step:
-                split = {name: layout.unflatten_leaves(buf) for name, buf in buffers.items()}
-                for j in range(len(layout)):
-                    entry: dict[str, Any] = {}
-                    if step is not None:
-                        entry["step"] = jnp.asarray(step, jnp.float32)
-                    entry.update({name: leaves[j] for name, leaves in split.items()})
+        for g, group in zip(self._groups, self.param_groups):
+            for j, entry in enumerate(state_layout.entries(g.state, g.layout)):
+                if entry:
                     state[start + j] = entry
-            groups.append({**group, "params": list(range(start, start + len(layout)))})
-            start += len(layout)
+            groups.append({**group, "params": list(range(start, start + len(g.layout)))})
+            start += len(g.layout)
         return {"state": state, "param_groups": groups}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a state dict made by :meth:`state_dict` or by ``torch.optim`` (same layout)."""
+        """Load a state dict made by :meth:`state_dict` or by ``torch.optim`` (same layout).
+
+        Parameters are matched by name where both sides have ``param_names``, else by order.
+        Everything is checked before anything changes: a refused load leaves the optimizer
+        as it was.
+        """
         saved_groups = state_dict["param_groups"]
         if len(saved_groups) != len(self.param_groups):
             raise ValueError("loaded state dict has a different number of parameter groups")
-        for saved, layout in zip(saved_groups, self._layouts):
-            if len(saved["params"]) != len(layout):
+        for saved, g in zip(saved_groups, self._groups):
+            if len(saved["params"]) != len(g.layout):
                 raise ValueError(
                     "loaded state dict contains a parameter group that doesn't match the size "
                     "of optimizer's group"
                 )
         saved_state = {int(k): v for k, v in state_dict["state"].items()}
-        for i, (saved, layout) in enumerate(zip(saved_groups, self._layouts)):
-            self.param_groups[i] = {k: plain(v) for k, v in saved.items() if k != "params"}
-            entries = [saved_state.get(int(p), {}) for p in saved["params"]]
-            static, arrays = self._group_args(i)
-            template = self._transform(i, arrays).init(self._flat[i])
-            self._states[i] = from_torch(template, entries, layout)
-            self._built[i] = static
+        new_groups, new_states, new_args = [], [], []
+        for i, (saved, g) in enumerate(zip(saved_groups, self._groups)):
+            ids = _match(saved, self.param_groups[i])
+            group = {k: state_layout.plain(v) for k, v in saved.items() if k != "params"}
+            if "param_names" in self.param_groups[i]:  # matched by name: ours keep their order
+                group["param_names"] = self.param_groups[i]["param_names"]
+            static, dynamic = self._split(group)
+            arrays = jax.tree.map(lambda v: jnp.asarray(float(v)), dynamic)
+            transform = self.functional(**static, **arrays)
+            template = transform.init(g.flat)
+            entries = [saved_state.get(int(p), {}) for p in ids]
+            new_states.append(state_layout.load(template, entries, g.layout))
+            new_groups.append(group)
+            new_args.append(tuple(sorted(static.items())))
+        for i, g in enumerate(self._groups):
+            self.param_groups[i] = new_groups[i]
+            g.state, g.built, g.args = new_states[i], new_args[i], None
         self._grad = None
 
 
@@ -394,12 +675,60 @@ class Optimizer:
 # ------------------------------------------------------------------------------------------
 
 
-def _is_group_list(params: Any) -> bool:
-    return (
-        isinstance(params, list | tuple)
-        and len(params) > 0
-        and all(isinstance(g, dict) and "params" in g for g in params)
-    )
+def _match(saved: dict[str, Any], group: dict[str, Any]) -> list[Any]:
+    """The saved parameter ids in the order of the group's parameters: by name when both
+    sides are named, else as saved."""
+    names, saved_names = group.get("param_names"), saved.get("param_names")
+    if names is None or saved_names is None or list(names) == list(saved_names):
+        return list(saved["params"])
+    by_name = dict(zip(saved_names, saved["params"]))
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise ValueError(
+            f"loaded state dict has no parameter named {', '.join(map(repr, missing[:5]))} "
+            "in the corresponding parameter group"
+        )
+    return [by_name[n] for n in names]
+
+
+def _takes_no_arguments(fn: Callable) -> bool:
+    try:
+        inspect.signature(fn).bind()
+    except TypeError:
+        return False
+    except ValueError:  # no signature (a builtin): not torch's closure
+        return False
+    return True
+
+
+_FLATTEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _flatten(layout: Layout) -> Callable[[list[Any]], Flat]:
+    """The jitted concatenation of a layout's leaves (one per layout)."""
+    fn = _FLATTEN.get(layout)
+    if fn is None:
+        fn = _FLATTEN[layout] = jax.jit(layout.flatten_leaves)
+    return fn
+
+
+_UNFLATTEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _unflatten(layout: Layout) -> Callable[[Flat, list[Any]], list[Any]]:
+    fn = _UNFLATTEN.get(layout)
+    if fn is None:
+        fn = _UNFLATTEN[layout] = jax.jit(layout.unflatten_leaves)  # (flat, offsets)
+    return fn
+
+
+def _jit_views(opt: Optimizer) -> Callable[[list[Flat], list[list[Any]]], Any]:
+    """The jitted unflatten of every group into the structure the user gave."""
+    fn = opt.__dict__.get("_views_fn")
+    if fn is None or fn[0] != len(opt._groups):
+        fn = (len(opt._groups), jax.jit(opt._views))
+        opt.__dict__["_views_fn"] = fn
+    return fn[1]
 
 
 def _hashable(value: Any) -> Any:

@@ -1,28 +1,71 @@
 """torch's optimizer state layout, read from and written into jopt's chain states.
 
-torch keeps per-parameter state under fixed names (``step``, ``exp_avg``, ``exp_avg_sq``,
-``max_exp_avg_sq``, ``momentum_buffer``, ``square_avg``, ``grad_avg``, ``sum``). jopt's state
-NamedTuples use the same field names, so the mapping is by name: a field holding a flat
-per-parameter buffer is a torch state entry, and the ``count`` of a preconditioner is torch's
-``step``.
+torch keeps per-parameter state under fixed names (``step``, ``exp_avg``, ``momentum_buffer``,
+...). Each jopt state type that holds such buffers *declares* them here (:func:`declare`): which
+fields are torch's per-parameter buffers, which field is torch's ``step``, and whether torch has
+the buffers yet (SGD's momentum buffer is created at the first step). A state type that holds
+per-parameter buffers and has no declaration is refused, so a new optimizer cannot silently
+lose state in a ``state_dict``.
 """
 
 from __future__ import annotations
 
+import math
 import numbers
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
 
-from jopt.optim.flat import Flat, Layout
+from jopt.flat import Flat, Layout
 from jopt.transforms import ScaleByAdagradState, ScaleByAdamState, ScaleByRmsState, TraceState
 
-__all__ = ["from_torch", "plain", "torch_view", "transplant"]
+__all__ = ["TorchState", "declare", "declaration", "entries", "load", "plain", "transplant"]
 
-# States whose ``count`` is torch's per-parameter "step".
-_STEP_STATES = (ScaleByAdamState, ScaleByRmsState, ScaleByAdagradState)
+
+@dataclass(frozen=True)
+class TorchState:
+    """How one state type maps onto torch's per-parameter state.
+
+    ``buffers``: the fields that are torch's per-parameter tensors, under torch's names (a field
+    may be None, e.g. ``max_exp_avg_sq`` without amsgrad). ``step``: the field holding torch's
+    per-parameter ``step`` (None if torch keeps none for this part). ``exists``: whether torch
+    has created the buffers yet, given the state (default: once ``step`` is past 0).
+    """
+
+    buffers: tuple[str, ...]
+    step: str | None = "count"
+    exists: Callable[[Any], bool] | None = None
+
+    def present(self, state: Any) -> bool:
+        if self.exists is not None:
+            return self.exists(state)
+        return self.step is None or int(getattr(state, self.step)) > 0
+
+
+_DECLARED: dict[type, TorchState] = {}
+
+
+def declare(state_type: type, torch_state: TorchState) -> None:
+    """Declare the torch layout of ``state_type`` (its fields must exist)."""
+    fields = (*torch_state.buffers, torch_state.step)
+    missing = [f for f in fields if f and f not in state_type._fields]
+    if missing:
+        raise ValueError(f"{state_type.__name__} has no field {', '.join(missing)}")
+    _DECLARED[state_type] = torch_state
+
+
+def declaration(state_type: type) -> TorchState | None:
+    return _DECLARED.get(state_type)
+
+
+declare(ScaleByAdamState, TorchState(("exp_avg", "exp_avg_sq", "max_exp_avg_sq")))
+declare(ScaleByRmsState, TorchState(("square_avg", "grad_avg")))
+declare(ScaleByAdagradState, TorchState(("sum",)))
+# torch's momentum buffer exists from the first step taken with momentum; SGD keeps no step.
+declare(TraceState, TorchState(("momentum_buffer",), step=None, exists=lambda s: int(s.count) > 0))
 
 
 def plain(value: Any) -> Any:
@@ -35,7 +78,7 @@ def plain(value: Any) -> Any:
     return array.item() if array.size == 1 else value
 
 
-def _substates(state: Any) -> Iterable[Any]:
+def _substates(state: Any) -> Iterator[Any]:
     """The NamedTuple states inside a (nested) chain state."""
     if isinstance(state, tuple) and hasattr(state, "_fields"):
         yield state
@@ -54,58 +97,110 @@ def _map_substates(state: Any, fn: Callable[[Any], Any]) -> Any:
     return state
 
 
-def torch_view(state: Any, layout: Layout) -> tuple[int | None, dict[str, Flat]]:
-    """torch's "step" (None where torch keeps none) and named per-parameter buffers."""
-    step, buffers = None, {}
+def _declared(state: Any, layout: Layout) -> Iterator[tuple[Any, TorchState]]:
+    """The declared substates; a per-parameter buffer in an undeclared state is an error."""
     for sub in _substates(state):
-        if isinstance(sub, _STEP_STATES):
-            step = int(sub.count)
-        if isinstance(sub, TraceState) and int(sub.count) == 0:
-            continue  # torch's momentum_buffer does not exist before the first step
-        for name, value in zip(sub._fields, sub):
-            if layout.is_flat(value):
-                buffers[name] = value
-    if step == 0:
-        return None, {}
-    return step, buffers
+        torch_state = _DECLARED.get(type(sub))
+        if torch_state is not None:
+            yield sub, torch_state
+        elif any(layout.is_flat(v) for v in sub):
+            raise TypeError(
+                f"{type(sub).__name__} holds per-parameter buffers but declares no torch "
+                "layout: call jopt.optim.state_layout.declare for it"
+            )
 
 
-def from_torch(template: Any, entries: list[dict[str, Any]], layout: Layout) -> Any:
-    """Fill a fresh state with torch-named per-parameter entries."""
-    if not any(entries):
-        return template
-    steps = {float(np.asarray(e["step"])) for e in entries if "step" in e}
+def entries(state: Any, layout: Layout) -> list[dict[str, Any]]:
+    """torch's per-parameter state entries (an empty dict where torch has none yet)."""
+    step, buffers = None, {}
+    for sub, torch_state in _declared(state, layout):
+        if torch_state.step is not None:
+            step = int(getattr(sub, torch_state.step))
+        if not torch_state.present(sub):
+            continue
+        for name in torch_state.buffers:
+            value = getattr(sub, name)
+            if value is not None:
+                buffers[name] = layout.unflatten_leaves(value)
+    if step == 0 or (step is None and not buffers):
+        return [{} for _ in range(len(layout))]
+    out = []
+    for j in range(len(layout)):
+        entry: dict[str, Any] = {}
+        if step is not None:
+            entry["step"] = jnp.asarray(step, jnp.float32)
+        entry.update({name: leaves[j] for name, leaves in buffers.items()})
+        out.append(entry)
+    return out
+
+
+def _step_of(entries_: list[dict[str, Any]], layout: Layout) -> int | None:
+    steps = set()
+    for j, entry in enumerate(entries_):
+        if "step" not in entry:
+            continue
+        value = np.asarray(entry["step"], np.float64)
+        if value.size != 1 or not math.isfinite(float(value)) or float(value) < 0:
+            raise ValueError(
+                f"state of parameter {layout.names[j]}: 'step' must be a finite number >= 0, "
+                f"got {entry['step']!r}"
+            )
+        if float(value) != int(float(value)) or float(value) >= 2**31:
+            raise ValueError(
+                f"state of parameter {layout.names[j]}: 'step' must be a whole number below "
+                f"2**31, got {float(value)!r}"
+            )
+        steps.add(int(float(value)))
     if len(steps) > 1:
         raise ValueError("parameters of one group have different 'step' values")
-    step = int(steps.pop()) if steps else None
+    return steps.pop() if steps else None
 
-    def gather(name: str, like: Flat) -> Flat:
+
+def load(template: Any, entries_: list[dict[str, Any]], layout: Layout) -> Any:
+    """A fresh state filled with torch-named per-parameter entries; shapes must match.
+
+    Raises before returning anything, so a refused load changes nothing.
+    """
+    if not any(entries_):
+        return template
+    step = _step_of(entries_, layout)
+
+    def gather(name: str) -> Flat:
         leaves = []
-        for j, entry in enumerate(entries):
+        for j, entry in enumerate(entries_):
             value = entry.get(name)
             if value is None:
-                raise ValueError(f"state of parameter {j} in its group has no '{name}'")
-            slot = layout.slots[j]
-            leaves.append(np.asarray(value, dtype=layout.dtypes[slot.bucket]).reshape(slot.shape))
+                raise ValueError(f"state of parameter {layout.names[j]} has no '{name}'")
+            array = np.asarray(value)
+            if array.shape != layout.shapes[j]:
+                raise ValueError(
+                    f"loaded state dict has '{name}' of shape {array.shape} for parameter "
+                    f"{layout.names[j]}, whose shape is {layout.shapes[j]}"
+                )
+            leaves.append(array.astype(layout.dtype_of(j)))
         return layout.flatten_leaves(leaves)
 
     def fill(sub: Any) -> Any:
-        values = {}
-        for name, value in zip(sub._fields, sub):
-            absent = isinstance(sub, TraceState) and not _has(entries, name)
-            if layout.is_flat(value) and not absent:
-                values[name] = gather(name, value)
-        if isinstance(sub, TraceState):
-            values["count"] = jnp.asarray(int(_has(entries, "momentum_buffer")), jnp.int32)
+        torch_state = _DECLARED.get(type(sub))
+        if torch_state is None:
+            return sub
+        values: dict[str, Any] = {}
+        has_buffers = False
+        for name in torch_state.buffers:
+            if getattr(sub, name) is None:
+                continue
+            if any(name in e for e in entries_):
+                values[name] = gather(name)
+                has_buffers = True
+            elif torch_state.step is not None:
+                raise ValueError(f"loaded state dict has no '{name}' for this optimizer")
+        if torch_state.step is not None:
+            values[torch_state.step] = jnp.asarray(step or 0, jnp.int32)
         elif "count" in sub._fields:
-            values["count"] = jnp.asarray(step or 0, jnp.int32)
+            values["count"] = jnp.asarray(int(has_buffers), jnp.int32)
         return sub._replace(**values)
 
     return _map_substates(template, fill)
-
-
-def _has(entries: list[dict[str, Any]], name: str) -> bool:
-    return any(entry.get(name) is not None for entry in entries)
 
 
 def transplant(old: Any, new: Any) -> Any:
