@@ -178,15 +178,18 @@ def inject_hyperparams(
     argument is a schedule ``step -> value``, evaluated at the wrapper's own step count; its
     current value is what ``state.hyperparams`` shows.
 
-    Booleans and strings stay static. A factory may name arguments in ``static_when_zero``
-    (``momentum``, ``weight_decay``): left at a default of 0 they stay static, so the step keeps
-    no momentum buffer and reads no weights for decay — as in torch, which skips both terms at
-    0. Passed explicitly, even as 0, they are data that may change later.
+    Booleans and strings stay static, and so do the arguments a factory names in its
+    ``static_args`` (Muon's ``ns_steps``, a number of iterations). A factory may name arguments
+    in ``static_when_zero`` (``momentum``, ``weight_decay``): left at a default of 0 they stay
+    static, so the step keeps no momentum buffer and reads no weights for decay — as in torch,
+    which skips both terms at 0. Passed explicitly, even as 0, they are data that may change
+    later.
 
     Construction calls ``factory`` once with the given values, so bad hyperparameters raise
     torch's ``ValueError`` immediately.
     """
     static = {static_args} if isinstance(static_args, str) else set(static_args)
+    static |= set(getattr(factory, "static_args", ()))  # integers that shape the computation
     signature = inspect.signature(factory)
 
     def wrapped(*args: Any, **kwargs: Any) -> GradientTransformationExtraArgs:
