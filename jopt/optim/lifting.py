@@ -39,11 +39,8 @@ def set_value(variable: nnx.Variable, value: Any) -> None:
 
 
 def _nodes(module: nnx.Module) -> list[Any]:
-    return [
-        node
-        for _, node in nnx.iter_graph(module)
-        if not isinstance(node, nnx.Variable) and hasattr(node, "__dict__")
-    ]
+    """The module's graph nodes that hold attributes (modules, nnx.List, nnx.Dict, ...)."""
+    return [node for _, node in nnx.iter_graph(module) if isinstance(node, nnx.Pytree)]
 
 
 def _attributes(nodes: list[Any]) -> list[tuple[Any, ...]]:

@@ -61,7 +61,7 @@ class _Group:
     written: list[Any]  # per shared leaf, the array last written into its Variable
     offsets: list[Any] = field(default_factory=list)  # runtime leaf offsets (see Layout)
     built: tuple[Any, ...] = ()  # the static arguments the state was built for
-    args: tuple[Any, ...] | None = None  # (snapshot, static items, hyperparameter arrays)
+    args: tuple[Any, ...] | None = None  # (snapshot, static items, hyperparameter arrays, raw)
     skeleton: Any = field(default=None)
 
     def unview(self, tree: Any, what: str) -> list[Any]:
@@ -122,6 +122,7 @@ class Optimizer:
         self._grad: list[Flat] | None = None
         self._scratch: list[Flat] | None = None
         self._programs: dict[Any, Callable] = {}
+        self._last_program: tuple[Any, ...] | None = None
         self._compiles = 0
         self._loss_fns: set[FnKey] = set()
         self._warned = False
@@ -171,13 +172,16 @@ class Optimizer:
         Called at every step, so the common case is one tuple comparison.
         """
         group, stored = self.param_groups[index], self._groups[index]
-        snapshot = tuple(_hashable(group[k]) for k in self._keys())
         cached = stored.args
+        raw = tuple([group[k] for k in self._keys()])
+        if cached is not None and cached[3] == raw:  # the common case: nothing changed
+            return cached[1], cached[2]
+        snapshot = tuple(_hashable(v) for v in raw)
         if cached is None or cached[0] != snapshot:
             static, dynamic = self._split(group)
             arrays = jax.tree.map(lambda v: jnp.asarray(float(v)), dynamic)
-            cached = (snapshot, tuple(sorted(static.items())), arrays)
-            stored.args = cached
+            cached = (snapshot, tuple(sorted(static.items())), arrays, raw)
+        stored.args = (*cached[:3], raw)
         return cached[1], cached[2]
 
     def _transform(self, index: int, hyperparams: dict[str, Any]) -> GradientTransformation:
@@ -259,6 +263,7 @@ class Optimizer:
         stored.state = self._transform(index, arrays).init(stored.flat)
         self._grad = self._scratch = self._params_cache = None
         self._programs.clear()
+        self._last_program = None
         self._bindings.clear()
 
     @property
@@ -374,7 +379,7 @@ class Optimizer:
         index: dict[int, int] = {}
 
         def slot(value: Any) -> Any:
-            if not isinstance(value, nnx.Module):
+            if not _is_module(type(value)):
                 return value
             if id(value) not in index:
                 index[id(value)] = len(bindings)
@@ -431,10 +436,18 @@ class Optimizer:
         return new_flats, new_states, shared
 
     def _program(self, kind: str, statics: tuple, fn=None, has_aux=False, bindings=()):
-        key = (kind, FnKey(fn) if fn is not None else None, has_aux, statics,
-               tuple(b.token for b in bindings))
+        tokens = tuple([b.token for b in bindings])
+        last = self._last_program
+        if (
+            last is not None
+            and last[0] is fn
+            and last[1] == (kind, has_aux, statics, tokens)
+        ):  # the same call as the last step: skip building the key
+            return last[2]
+        key = (kind, FnKey(fn) if fn is not None else None, has_aux, statics, tokens)
         program = self._programs.get(key)
         if program is not None:
+            self._last_program = (fn, (kind, has_aux, statics, tokens), program)
             return program
         if fn is not None:
             self._note_loss_fn(key[1])
@@ -484,6 +497,7 @@ class Optimizer:
             "flat_grads": lambda: jax.jit(with_flat_grads, donate_argnums=(0, 2)),
         }[kind]()
         self._programs[key] = program
+        self._last_program = (fn, (kind, has_aux, statics, tokens), program)
         return program
 
     def _note_loss_fn(self, key: FnKey) -> None:
@@ -689,6 +703,17 @@ def _match(saved: dict[str, Any], group: dict[str, Any]) -> list[Any]:
             "in the corresponding parameter group"
         )
     return [by_name[n] for n in names]
+
+
+_MODULE_TYPES: dict[type, bool] = {}
+
+
+def _is_module(kind: type) -> bool:
+    """``issubclass(kind, nnx.Module)``, remembered per type (ABC checks cost microseconds)."""
+    known = _MODULE_TYPES.get(kind)
+    if known is None:
+        known = _MODULE_TYPES[kind] = issubclass(kind, nnx.Module)
+    return known
 
 
 def _takes_no_arguments(fn: Callable) -> bool:
