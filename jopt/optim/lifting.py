@@ -32,8 +32,10 @@ def get_value(variable: nnx.Variable) -> Any:
 
 
 def set_value(variable: nnx.Variable, value: Any) -> None:
+    """Set a Variable's value from outside any trace (the facade's steps are not traceable, so
+    nnx's check of the trace level is skipped where no hook is set)."""
     if variable._var_metadata.get("on_set_value") is None:
-        variable.set_raw_value(value)
+        variable.set_raw_value(value, _unsafe_bypass_check=True)
     else:
         variable.set_value(value)
 

@@ -51,14 +51,20 @@ class RecompileWarning(UserWarning):
 
 @dataclass
 class _Group:
-    """One param group's storage: the flat parameters and the optimizer state over them."""
+    """One param group's storage and the optimizer state over it.
+
+    A group of arrays the optimizer owns keeps them as one flat buffer per dtype (``flat``),
+    updated in place. A group with parameters shared with Variables keeps none: the values
+    live in the Variables (and, for the group's own arrays, in ``owned``), are read at every
+    step and the new ones written back, so nothing can diverge from the module and nothing is
+    held twice; the state is flat either way.
+    """
 
     source: Source
     layout: Layout
-    flat: Flat
+    flat: Flat | None
     state: Any
-    shared: list[int]  # leaves shared with a Variable
-    written: list[Any]  # per shared leaf, the array last written into its Variable
+    owned: list[Any]  # per leaf of a shared group: the array (None where a Variable holds it)
     offsets: list[Any] = field(default_factory=list)  # runtime leaf offsets (see Layout)
     built: tuple[Any, ...] = ()  # the static arguments the state was built for
     args: tuple[Any, ...] | None = None  # (snapshot, static items, hyperparameter arrays, raw)
@@ -199,7 +205,7 @@ class Optimizer:
         for i, group in enumerate(self._groups):
             static, arrays = self._group_args(i)
             if static != group.built:
-                template = self._transform(i, arrays).init(group.flat)
+                template = self._transform(i, arrays).init(self._flat_of(group))
                 group.state = state_layout.transplant(group.state, template)
                 group.built = static
             statics.append(static)
@@ -245,22 +251,29 @@ class Optimizer:
 
         index = len(self.param_groups)
         layout = Layout(source.leaves, source.paths)
-        shared = [i for i, v in enumerate(source.variables) if v is not None]
-        stored = _Group(source, layout, _flatten(layout)(source.leaves), None, shared, [])
-        stored.written = [source.leaves[i] for i in shared]
+        if source.shared:
+            owned = [
+                jnp.asarray(leaf) if v is None else None
+                for v, leaf in zip(source.variables, source.leaves)
+            ]
+            stored = _Group(source, layout, None, None, owned)
+        else:
+            stored = _Group(source, layout, _flatten(layout)(source.leaves), None, [])
         stored.offsets = layout.offsets()
-        source.leaves = []  # the values live in the flat buffer now
+        initial = source.leaves
+        source.leaves = []  # the values live in the flat buffer or the Variables now
         for obj in identities:
             with contextlib.suppress(TypeError):  # NumPy arrays: no identity to track
                 self._owner[id(obj)] = weakref.ref(obj)
-        for i in shared:
-            self._where[id(source.variables[i])] = (index, i)
+        for i, v in enumerate(source.variables):
+            if v is not None:
+                self._where[id(v)] = (index, i)
         self.param_groups.append(group)
         self._groups.append(stored)
         self._grouped = self._grouped or index > 0
         static, arrays = self._group_args(index)
         stored.built = static
-        stored.state = self._transform(index, arrays).init(stored.flat)
+        stored.state = self._transform(index, arrays).init(_flatten(layout)(initial))
         self._grad = self._scratch = self._params_cache = None
         self._programs.clear()
         self._last_program = None
@@ -289,7 +302,9 @@ class Optimizer:
     def params(self) -> Any:
         """The current parameters in the structure given (the ``nnx.Param`` state of a module,
         a list for named parameters, a list of group trees once there are several groups)."""
-        self._pull()
+        if any(g.flat is None for g in self._groups):  # the Variables hold the values
+            views = [g.source.view(self._values(g)) for g in self._groups]
+            return views if self._grouped else views[0]
         if self._params_cache is None:
             self._params_cache = _jit_views(self)(self._flats(), self._offsets())
         return self._params_cache
@@ -319,44 +334,47 @@ class Optimizer:
             )
         return [g.unview(t, what) for g, t in zip(self._groups, trees)]
 
-    def _flats(self) -> list[Flat]:
+    def _flats(self) -> list[Flat | None]:
         return [g.flat for g in self._groups]
 
     def _offsets(self) -> list[list[Any]]:
         return [g.offsets for g in self._groups]
 
-    def _pull(self) -> None:
-        """Take what was written into shared Variables since the last step (torch: the
-        optimizer and the model hold the same tensors)."""
-        for g in self._groups:
-            if not g.shared:
-                continue
-            variables = g.source.variables
-            current = [get_value(variables[i]) for i in g.shared]
-            if all(c is w for c, w in zip(current, g.written)):
-                continue
-            if len(g.shared) < len(g.layout):
-                merged = list(_unflatten(g.layout)(g.flat, g.offsets))
-            else:
-                merged = [None] * len(g.layout)
-            for i, value in zip(g.shared, current):
-                if tuple(jnp.shape(value)) != g.layout.shapes[i]:
-                    raise ValueError(
-                        f"parameter {g.layout.names[i]} has shape {tuple(jnp.shape(value))} "
-                        f"in its module, where the optimizer has {g.layout.shapes[i]}"
-                    )
-                merged[i] = value
-            g.flat = _flatten(g.layout)(merged)
-            g.written = current
-            self._params_cache = None
+    def _values(self, g: _Group) -> list[Any]:
+        """The current leaves of a shared group (torch: the optimizer and the model hold the
+        same tensors, so what was written into a Variable is what the step starts from)."""
+        values = [
+            get_value(v) if v is not None else leaf for v, leaf in zip(g.source.variables, g.owned)
+        ]
+        if [getattr(v, "shape", None) for v in values] == g.layout.shapes:
+            return values
+        for i, value in enumerate(values):
+            if tuple(jnp.shape(value)) != g.layout.shapes[i]:
+                raise ValueError(
+                    f"parameter {g.layout.names[i]} has shape {tuple(jnp.shape(value))}, "
+                    f"where the optimizer has {g.layout.shapes[i]}"
+                )
+        return values
 
-    def _push(self, shared_leaves: list[list[Any]]) -> None:
-        """Write the new parameter values into the shared Variables."""
-        for g, leaves in zip(self._groups, shared_leaves):
-            variables = g.source.variables
-            for i, leaf in zip(g.shared, leaves):
-                set_value(variables[i], leaf)
-            g.written = leaves
+    def _leaf_params(self) -> list[list[Any] | None]:
+        return [self._values(g) if g.flat is None else None for g in self._groups]
+
+    def _flat_of(self, g: _Group) -> Flat:
+        return g.flat if g.flat is not None else _flatten(g.layout)(self._values(g))
+
+    def _store(self, flats: list[Any], leaves: list[Any], states: list[Any]) -> None:
+        """Keep a step's results: flat buffers, or new values written into the Variables."""
+        for g, flat, values, state in zip(self._groups, flats, leaves, states):
+            g.state = state
+            if g.flat is not None:
+                g.flat = flat
+                continue
+            for i, (variable, value) in enumerate(zip(g.source.variables, values)):
+                if variable is not None:
+                    set_value(variable, value)
+                else:
+                    g.owned[i] = value
+        self._params_cache = None
 
     # ---------------------------------------------------------------------------------------
     # Modules among the arguments
@@ -422,18 +440,27 @@ class Optimizer:
         """How many step programs this optimizer has traced and compiled."""
         return self._compiles
 
-    def _update(self, flats, offsets, states, grads, hps):
-        """One optimizer step of every group (traced)."""
-        new_flats, new_states = [], []
-        for i, (flat, state, grad, hp) in enumerate(zip(flats, states, grads, hps)):
-            updates, state = self._transform(i, hp).update(grad, state, flat)
-            new_flats.append(apply_updates(flat, updates))
+    def _update(self, flats, leaves, offsets, states, grads, hps):
+        """One optimizer step of every group (traced): (flats, leaves, states).
+
+        A shared group's parameters are concatenated for the update (XLA drops the copy when
+        no term reads them) and each new leaf is its old value plus its slice of the update.
+        """
+        new_flats, new_leaves, new_states = [], [], []
+        for i, g in enumerate(self._groups):
+            flat = flats[i] if g.flat is not None else g.layout.flatten_leaves(leaves[i])
+            updates, state = self._transform(i, hps[i]).update(grads[i], states[i], flat)
             new_states.append(state)
-        shared = [
-            [g.layout.unflatten_leaves(f, o)[i] for i in g.shared] if g.shared else []
-            for g, f, o in zip(self._groups, new_flats, offsets)
-        ]
-        return new_flats, new_states, shared
+            if g.flat is not None:
+                new_flats.append(apply_updates(flat, updates))
+                new_leaves.append(None)
+            else:
+                parts = g.layout.unflatten_leaves(updates, offsets[i])
+                new_flats.append(None)
+                new_leaves.append(
+                    [(p + u).astype(jnp.result_type(p)) for p, u in zip(leaves[i], parts)]
+                )
+        return new_flats, new_leaves, new_states
 
     def _program(self, kind: str, statics: tuple, fn=None, has_aux=False, bindings=()):
         tokens = tuple([b.token for b in bindings])
@@ -453,11 +480,12 @@ class Optimizer:
             self._note_loss_fn(key[1])
         bound = list(bindings)
 
-        def differentiate(flats, offsets, carried, args, kwargs):
+        def differentiate(flats, leaves, offsets, carried, args, kwargs):
             # The leaves are sliced outside the differentiated function: the loss is
             # differentiated with respect to the leaves, and their gradients concatenated.
             leaves = [
-                g.layout.unflatten_leaves(f, o) for g, f, o in zip(self._groups, flats, offsets)
+                g.layout.unflatten_leaves(f, o) if g.flat is not None else lv
+                for g, f, lv, o in zip(self._groups, flats, leaves, offsets)
             ]
 
             def objective(leaves):
@@ -467,34 +495,36 @@ class Optimizer:
             grads = [g.layout.flatten_leaves(lv) for g, lv in zip(self._groups, grads)]
             return ((loss, aux) if has_aux else loss), grads, carried
 
-        def closure(flats, offsets, states, hps, carried, args, kwargs):
+        def closure(flats, leaves, offsets, states, hps, carried, args, kwargs):
             self._compiles += 1
-            result, grads, carried = differentiate(flats, offsets, carried, args, kwargs)
-            return (result, *self._update(flats, offsets, states, grads, hps), carried)
+            result, grads, carried = differentiate(flats, leaves, offsets, carried, args, kwargs)
+            return (result, *self._update(flats, leaves, offsets, states, grads, hps), carried)
 
-        def backward(flats, offsets, acc, carried, args, kwargs):
+        def backward(flats, leaves, offsets, acc, carried, args, kwargs):
             self._compiles += 1
-            result, grads, carried = differentiate(flats, offsets, carried, args, kwargs)
+            result, grads, carried = differentiate(flats, leaves, offsets, carried, args, kwargs)
             if acc is not None:
                 grads = jax.tree.map(jnp.add, acc, grads)
             return result, grads, carried
 
-        def with_grads(flats, offsets, states, hps, grad_leaves, scratch):
+        def with_grads(flats, leaves, offsets, states, hps, grad_leaves, scratch):
             self._compiles += 1
             grads = [g.layout.flatten_leaves(lv) for g, lv in zip(self._groups, grad_leaves)]
             # The concatenated gradients go out into the donated scratch buffers' memory.
             kept = [{k: g[k] for k in s} for g, s in zip(grads, scratch)]
-            return (*self._update(flats, offsets, states, grads, hps), kept)
+            return (*self._update(flats, leaves, offsets, states, grads, hps), kept)
 
-        def with_flat_grads(flats, offsets, states, hps, grads):
+        def with_flat_grads(flats, leaves, offsets, states, hps, grads):
             self._compiles += 1
-            return self._update(flats, offsets, states, grads, hps)
+            return self._update(flats, leaves, offsets, states, grads, hps)
 
+        # The flat buffers and the state are donated (updated in place); a shared group's
+        # leaves are not: the user may still hold the arrays a Variable held.
         program = {
-            "closure": lambda: jax.jit(closure, donate_argnums=(0, 2)),
-            "backward": lambda: jax.jit(backward, donate_argnums=(2,)),
-            "grads": lambda: jax.jit(with_grads, donate_argnums=(0, 2, 5), keep_unused=True),
-            "flat_grads": lambda: jax.jit(with_flat_grads, donate_argnums=(0, 2)),
+            "closure": lambda: jax.jit(closure, donate_argnums=(0, 3)),
+            "backward": lambda: jax.jit(backward, donate_argnums=(3,)),
+            "grads": lambda: jax.jit(with_grads, donate_argnums=(0, 3, 6), keep_unused=True),
+            "flat_grads": lambda: jax.jit(with_flat_grads, donate_argnums=(0, 3)),
         }[kind]()
         self._programs[key] = program
         self._last_program = (fn, (kind, has_aux, statics, tokens), program)
@@ -541,45 +571,42 @@ class Optimizer:
             closure = None
         if closure is None and self._grad is None:
             return result
-        self._pull()
         statics, hps = self._prepare()
-        flats, states = self._flats(), [g.state for g in self._groups]
-        offsets = self._offsets()
+        flats, leaves = self._flats(), self._leaf_params()
+        offsets, states = self._offsets(), [g.state for g in self._groups]
         if callable(closure):
             bindings, args, kwargs = self._lift(args, kwargs)
             fn = self._program("closure", statics, closure, has_aux, bindings)
             carried = [b.inputs() for b in bindings]
-            result, flats, states, shared, carried = fn(
-                flats, offsets, states, hps, carried, args, kwargs
+            result, flats, leaves, states, carried = fn(
+                flats, leaves, offsets, states, hps, carried, args, kwargs
             )
             for b, values in zip(bindings, carried):
                 b.write(values)
         elif closure is not None:
-            leaves = self._leaves_of(closure, "gradients")
+            grad_leaves = self._leaves_of(closure, "gradients")
             fn = self._program("grads", statics)
-            flats, states, shared, self._scratch = fn(
-                flats, offsets, states, hps, leaves, self._grad_scratch()
+            flats, leaves, states, self._scratch = fn(
+                flats, leaves, offsets, states, hps, grad_leaves, self._grad_scratch()
             )
         else:
             grads = self._grad  # kept, as torch keeps .grad until zero_grad()
             fn = self._program("flat_grads", statics)
-            flats, states, shared = fn(flats, offsets, states, hps, grads)
-        for g, flat, state in zip(self._groups, flats, states):
-            g.flat, g.state = flat, state
-        self._push(shared)
-        self._params_cache = None
+            flats, leaves, states = fn(flats, leaves, offsets, states, hps, grads)
+        self._store(flats, leaves, states)
         return result
 
     def lower_step(self, loss_fn: Callable, *args: Any, has_aux: bool = False, **kwargs: Any):
         """The lowered program that ``step(loss_fn, *args, **kwargs)`` runs, without running it:
         ``.as_text()`` is its StableHLO, ``.compile().cost_analysis()`` what XLA makes of it."""
-        self._pull()
         statics, hps = self._prepare()
         bindings, args, kwargs = self._lift(args, kwargs)
         fn = self._program("closure", statics, loss_fn, has_aux, bindings)
         carried = [b.inputs() for b in bindings]
         states = [g.state for g in self._groups]
-        return fn.lower(self._flats(), self._offsets(), states, hps, carried, args, kwargs)
+        return fn.lower(
+            self._flats(), self._leaf_params(), self._offsets(), states, hps, carried, args, kwargs
+        )
 
     def _grad_scratch(self) -> list[Flat]:
         """Per group, a buffer for each bucket whose gradients ``step(grads)`` concatenates.
@@ -600,13 +627,12 @@ class Optimizer:
 
         torch's ``loss.backward()``: gradients add up until :meth:`zero_grad`. Returns the loss.
         """
-        self._pull()
         bindings, args, kwargs = self._lift(args, kwargs)
         kind = "backward" if self._grad is None else "backward+"
         fn = self._program("backward", (kind,), loss_fn, has_aux, bindings)
         carried = [b.inputs() for b in bindings]
         loss, self._grad, carried = fn(
-            self._flats(), self._offsets(), self._grad, carried, args, kwargs
+            self._flats(), self._leaf_params(), self._offsets(), self._grad, carried, args, kwargs
         )
         for b, values in zip(bindings, carried):
             b.write(values)
@@ -673,7 +699,7 @@ class Optimizer:
             static, dynamic = self._split(group)
             arrays = jax.tree.map(lambda v: jnp.asarray(float(v)), dynamic)
             transform = self.functional(**static, **arrays)
-            template = transform.init(g.flat)
+            template = transform.init(self._flat_of(g))
             entries = [saved_state.get(int(p), {}) for p in ids]
             new_states.append(state_layout.load(template, entries, g.layout))
             new_groups.append(group)
@@ -734,16 +760,6 @@ def _flatten(layout: Layout) -> Callable[[list[Any]], Flat]:
     fn = _FLATTEN.get(layout)
     if fn is None:
         fn = _FLATTEN[layout] = jax.jit(layout.flatten_leaves)
-    return fn
-
-
-_UNFLATTEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _unflatten(layout: Layout) -> Callable[[Flat, list[Any]], list[Any]]:
-    fn = _UNFLATTEN.get(layout)
-    if fn is None:
-        fn = _UNFLATTEN[layout] = jax.jit(layout.unflatten_leaves)  # (flat, offsets)
     return fn
 
 
