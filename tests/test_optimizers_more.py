@@ -21,7 +21,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import RTOL, assert_tree_close, from_torch, make_params, to_torch, torch_grads
+from conftest import (
+    RTOL,
+    assert_tree_close,
+    from_torch,
+    make_params,
+    precision,
+    to_torch,
+    torch_grads,
+)
 
 import jopt
 
@@ -270,6 +278,13 @@ def run_against_torch(name: str, kwargs: dict, dtype: str, check_state=None) -> 
     for leaf in jax.tree.leaves(jparams):
         assert leaf.dtype == dtype
     return state
+
+
+@pytest.fixture(params=["float32", pytest.param("float64", marks=pytest.mark.slow)])
+def dtype(request: pytest.FixtureRequest):
+    """float32 in every run; the float64 tables (1e-10) in the slow run CI adds."""
+    with precision(request.param):
+        yield request.param
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[_id(c) for c in CONFIGS])
