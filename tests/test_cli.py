@@ -116,7 +116,15 @@ BAD = [
     (["train", "--activation", "rleu"], "did you mean 'relu'"),
     (["sweep", "--lr-min", "1", "--lr-max", "0.01"], "above --lr-max"),
     (["train", "--optimizer", "adam", "--weight-decay", "-1"], "must be non-negative"),
+    (["train", "--optimizer", "rprop", "--weight-decay", "0.1"], "rprop takes no weight_decay"),
 ]
+
+
+def test_every_optimizer_has_a_recipe():
+    from jopt.cli.common import OPTIMIZER_NAMES, optimizer_list
+    from jopt.train.recipes import DEFAULT_LR, OPTIMIZERS
+
+    assert optimizer_list("all") == OPTIMIZER_NAMES == tuple(OPTIMIZERS) == tuple(DEFAULT_LR)
 
 
 @pytest.mark.parametrize("argv, message", BAD, ids=[" ".join(a) for a, _ in BAD])

@@ -34,7 +34,10 @@ class Parser(argparse.ArgumentParser):
 # Argument types and checks (no JAX needed)
 # --------------------------------------------------------------------------------------------
 
-OPTIMIZER_NAMES = ("sgd", "momentum", "rmsprop", "adam", "adamw", "adagrad")
+OPTIMIZER_NAMES = (
+    "sgd", "momentum", "rmsprop", "adam", "adamw", "adagrad", "adadelta", "adamax", "nadam",
+    "radam", "rprop", "asgd", "adafactor", "muon", "sparse_adam",
+)
 SCHEDULE_NAMES = (
     "none", "step", "multistep", "exponential", "cosine", "onecycle", "plateau", "inverse-sqrt"
 )
@@ -98,6 +101,9 @@ def int_list(what: str) -> Callable[[str], tuple[int, ...]]:
 
 
 def optimizer_list(text: str) -> tuple[str, ...]:
+    """Comma-separated optimizer names, or ``all``."""
+    if text.strip() == "all":
+        return OPTIMIZER_NAMES
     names = [p.strip() for p in text.split(",") if p.strip()]
     if not names:
         raise argparse.ArgumentTypeError("needs at least one optimizer name")
@@ -308,15 +314,17 @@ def compile_report(setup: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def weight_decay_of(config: Any) -> float:
-    """The weight decay the run used: the flag, else the optimizer's (torch's) default."""
+def weight_decay_of(config: Any) -> float | None:
+    """The weight decay the run used: the flag, else the optimizer's (torch's) default (None
+    for an optimizer that has none)."""
     if config.weight_decay is not None:
         return config.weight_decay
     import inspect
 
     from jopt.train.recipes import OPTIMIZERS
 
-    return inspect.signature(OPTIMIZERS[config.optimizer]).parameters["weight_decay"].default
+    parameter = inspect.signature(OPTIMIZERS[config.optimizer]).parameters.get("weight_decay")
+    return None if parameter is None else parameter.default
 
 
 def steps_per_epoch(data: Any, config: Any) -> int:

@@ -27,7 +27,7 @@ def add(sub: Any) -> None:
                        description="Train the Iris MLP with several optimizers, same seed.")
     p.add_argument("--optimizers", type=optimizer_list, metavar="NAMES",
                    default=("sgd", "momentum", "rmsprop", "adam"),
-                   help="comma-separated (default sgd,momentum,rmsprop,adam)")
+                   help="comma-separated, or all (default sgd,momentum,rmsprop,adam)")
     add_lr(p)
     add_common(p)
     p.set_defaults(handler=run)

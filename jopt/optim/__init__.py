@@ -8,20 +8,40 @@ or param groups. The update rules are jopt's functional optimizers; see
 """
 
 from jopt.optim import lr_scheduler
-from jopt.optim.algorithms import SGD, Adagrad, Adam, AdamW, RMSprop
+from jopt.optim.algorithms import (
+    ASGD,
+    SGD,
+    Adadelta,
+    Adagrad,
+    Adam,
+    Adamax,
+    AdamW,
+    NAdam,
+    RAdam,
+    RMSprop,
+    Rprop,
+    SparseAdam,
+)
 from jopt.optim.clip import clip_grad_norm_, clip_grad_value_
 from jopt.optim.optimizer import Optimizer, RecompileWarning
 from jopt.optim.params import named_parameters
 from jopt.optim.porting import from_torch
 
 __all__ = [
+    "ASGD",
     "SGD",
+    "Adadelta",
     "Adagrad",
     "Adam",
     "AdamW",
+    "Adamax",
+    "NAdam",
     "Optimizer",
+    "RAdam",
     "RMSprop",
     "RecompileWarning",
+    "Rprop",
+    "SparseAdam",
     "clip_grad_norm_",
     "clip_grad_value_",
     "from_torch",

@@ -16,11 +16,24 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jopt.flat import Flat, Layout
-from jopt.transforms import ScaleByAdagradState, ScaleByAdamState, ScaleByRmsState, TraceState
+from jopt.transforms import (
+    ScaleByAdadeltaState,
+    ScaleByAdagradState,
+    ScaleByAdamaxState,
+    ScaleByAdamState,
+    ScaleByAsgdState,
+    ScaleByNadamState,
+    ScaleByRadamState,
+    ScaleByRmsState,
+    ScaleByRpropState,
+    ScaleBySparseAdamState,
+    TraceState,
+)
 
 __all__ = ["TorchState", "declare", "declaration", "entries", "load", "plain", "transplant"]
 
@@ -30,14 +43,19 @@ class TorchState:
     """How one state type maps onto torch's per-parameter state.
 
     ``buffers``: the fields that are torch's per-parameter tensors, under torch's names (a field
-    may be None, e.g. ``max_exp_avg_sq`` without amsgrad). ``step``: the field holding torch's
-    per-parameter ``step`` (None if torch keeps none for this part). ``exists``: whether torch
-    has created the buffers yet, given the state (default: once ``step`` is past 0).
+    may be None, e.g. ``max_exp_avg_sq`` without amsgrad). ``scalars``: the fields holding one
+    scalar that torch keeps as a 0-d tensor in the entry of every parameter of the group (NAdam's
+    ``mu_product``, ASGD's ``eta`` and ``mu``). ``step``: the field holding torch's
+    per-parameter ``step`` (None if torch keeps none for this part), a 0-d float32 tensor in
+    torch, or a Python int with ``int_step`` (SparseAdam). ``exists``: whether torch has created
+    the buffers yet, given the state (default: once ``step`` is past 0).
     """
 
     buffers: tuple[str, ...]
     step: str | None = "count"
     exists: Callable[[Any], bool] | None = None
+    scalars: tuple[str, ...] = ()
+    int_step: bool = False
 
     def present(self, state: Any) -> bool:
         if self.exists is not None:
@@ -50,7 +68,7 @@ _DECLARED: dict[type, TorchState] = {}
 
 def declare(state_type: type, torch_state: TorchState) -> None:
     """Declare the torch layout of ``state_type`` (its fields must exist)."""
-    fields = (*torch_state.buffers, torch_state.step)
+    fields = (*torch_state.buffers, *torch_state.scalars, torch_state.step)
     missing = [f for f in fields if f and f not in state_type._fields]
     if missing:
         raise ValueError(f"{state_type.__name__} has no field {', '.join(missing)}")
@@ -63,7 +81,15 @@ def declaration(state_type: type) -> TorchState | None:
 
 declare(ScaleByAdamState, TorchState(("exp_avg", "exp_avg_sq", "max_exp_avg_sq")))
 declare(ScaleByRmsState, TorchState(("square_avg", "grad_avg")))
-declare(ScaleByAdagradState, TorchState(("sum",)))
+# torch's Adagrad makes its state in the constructor: ``sum`` (and ``step`` 0) exist from the start.
+declare(ScaleByAdagradState, TorchState(("sum",), exists=lambda s: True))
+declare(ScaleByAdadeltaState, TorchState(("square_avg", "acc_delta")))
+declare(ScaleByAdamaxState, TorchState(("exp_avg", "exp_inf")))
+declare(ScaleByNadamState, TorchState(("exp_avg", "exp_avg_sq"), scalars=("mu_product",)))
+declare(ScaleByRadamState, TorchState(("exp_avg", "exp_avg_sq")))
+declare(ScaleBySparseAdamState, TorchState(("exp_avg", "exp_avg_sq"), int_step=True))
+declare(ScaleByRpropState, TorchState(("prev", "step_size")))
+declare(ScaleByAsgdState, TorchState(("ax",), scalars=("eta", "mu")))
 # torch's momentum buffer exists from the first step taken with momentum; SGD keeps no step.
 declare(TraceState, TorchState(("momentum_buffer",), step=None, exists=lambda s: int(s.count) > 0))
 
@@ -112,23 +138,25 @@ def _declared(state: Any, layout: Layout) -> Iterator[tuple[Any, TorchState]]:
 
 def entries(state: Any, layout: Layout) -> list[dict[str, Any]]:
     """torch's per-parameter state entries (an empty dict where torch has none yet)."""
-    step, buffers = None, {}
+    step, int_step, buffers, scalars = None, False, {}, {}
     for sub, torch_state in _declared(state, layout):
         if torch_state.step is not None:
-            step = int(getattr(sub, torch_state.step))
+            step, int_step = int(getattr(sub, torch_state.step)), torch_state.int_step
         if not torch_state.present(sub):
             continue
         for name in torch_state.buffers:
             value = getattr(sub, name)
             if value is not None:
                 buffers[name] = layout.unflatten_leaves(value)
-    if step == 0 or (step is None and not buffers):
+        scalars.update({name: getattr(sub, name) for name in torch_state.scalars})
+    if not buffers:
         return [{} for _ in range(len(layout))]
     out = []
     for j in range(len(layout)):
         entry: dict[str, Any] = {}
         if step is not None:
-            entry["step"] = jnp.asarray(step, jnp.float32)
+            entry["step"] = step if int_step else jnp.asarray(step, jnp.float32)
+        entry.update(scalars)
         entry.update({name: leaves[j] for name, leaves in buffers.items()})
         out.append(entry)
     return out
@@ -180,6 +208,23 @@ def load(template: Any, entries_: list[dict[str, Any]], layout: Layout) -> Any:
             leaves.append(array.astype(layout.dtype_of(j)))
         return layout.flatten_leaves(leaves)
 
+    def scalar(name: str, like: jax.Array) -> jax.Array:
+        """The one value of a per-parameter scalar: torch's entries must agree on it."""
+        values = set()
+        for j, entry in enumerate(entries_):
+            if name not in entry:
+                raise ValueError(f"state of parameter {layout.names[j]} has no '{name}'")
+            array = np.asarray(entry[name])
+            if array.size != 1:
+                raise ValueError(
+                    f"state of parameter {layout.names[j]}: '{name}' must be a scalar, got "
+                    f"shape {array.shape}"
+                )
+            values.add(array.reshape(()).astype(like.dtype).item())
+        if len(values) > 1:
+            raise ValueError(f"parameters of one group have different '{name}' values")
+        return jnp.asarray(values.pop(), like.dtype)
+
     def fill(sub: Any) -> Any:
         torch_state = _DECLARED.get(type(sub))
         if torch_state is None:
@@ -194,6 +239,8 @@ def load(template: Any, entries_: list[dict[str, Any]], layout: Layout) -> Any:
                 has_buffers = True
             elif torch_state.step is not None:
                 raise ValueError(f"loaded state dict has no '{name}' for this optimizer")
+        for name in torch_state.scalars:
+            values[name] = scalar(name, getattr(sub, name))
         if torch_state.step is not None:
             values[torch_state.step] = jnp.asarray(step or 0, jnp.int32)
         elif "count" in sub._fields:

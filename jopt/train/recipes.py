@@ -15,10 +15,12 @@ torch's documentation steps once per batch, over ``epochs * steps_per_epoch`` st
 from __future__ import annotations
 
 import difflib
+import inspect
 from collections.abc import Callable
 from typing import Any
 
 import jax
+import optax
 
 import jopt
 from jopt import schedules as S
@@ -31,8 +33,25 @@ __all__ = [
     "SCHEDULES",
     "make_lr_schedule",
     "make_optimizer",
+    "muon_with_adamw",
     "suggest",
 ]
+
+
+def muon_with_adamw(
+    lr: Any = 1e-3, weight_decay: Any = 0.1
+) -> GradientTransformation:
+    """Muon on the weight matrices and AdamW (torch's betas and eps) on everything else, at one
+    learning rate and weight decay: torch's Muon takes 2-D parameters only, and its
+    documentation pairs it with AdamW for the biases."""
+    return optax.multi_transform(
+        {
+            "matrix": jopt.muon(lr, weight_decay),
+            "other": jopt.adamw(lr, weight_decay=weight_decay),
+        },
+        lambda params: jax.tree.map(lambda p: "matrix" if p.ndim == 2 else "other", params),
+    )
+
 
 OPTIMIZERS: dict[str, Callable[..., GradientTransformation]] = {
     "sgd": jopt.sgd,
@@ -41,6 +60,15 @@ OPTIMIZERS: dict[str, Callable[..., GradientTransformation]] = {
     "adam": jopt.adam,
     "adamw": jopt.adamw,
     "adagrad": jopt.adagrad,
+    "adadelta": jopt.adadelta,
+    "adamax": jopt.adamax,
+    "nadam": jopt.nadam,
+    "radam": jopt.radam,
+    "rprop": jopt.rprop,
+    "asgd": jopt.asgd,
+    "adafactor": jopt.adafactor,
+    "muon": muon_with_adamw,
+    "sparse_adam": jopt.sparse_adam,
 }
 
 DEFAULT_LR: dict[str, float] = {
@@ -50,6 +78,15 @@ DEFAULT_LR: dict[str, float] = {
     "adam": 0.01,
     "adamw": 0.01,
     "adagrad": 0.1,
+    "adadelta": 1.0,
+    "adamax": 0.02,
+    "nadam": 0.01,
+    "radam": 0.01,
+    "rprop": 0.1,
+    "asgd": 0.1,
+    "adafactor": 0.01,
+    "muon": 0.02,
+    "sparse_adam": 0.01,
 }
 
 SCHEDULES = (
@@ -80,6 +117,8 @@ def make_optimizer(
         raise ValueError(suggest(name, OPTIMIZERS, "optimizer"))
     kwargs: dict[str, Any] = {"lr": DEFAULT_LR[name] if lr is None else lr}
     if weight_decay is not None:
+        if "weight_decay" not in inspect.signature(OPTIMIZERS[name]).parameters:
+            raise ValueError(f"{name} takes no weight_decay")
         kwargs["weight_decay"] = weight_decay
     return inject_hyperparams(OPTIMIZERS[name])(**kwargs)
 

@@ -1,10 +1,5 @@
-"""torch.optim's optimizer classes, each a mapping from torch's constructor to jopt's functional
-optimizer. No arithmetic lives here: the update rules are those of :mod:`jopt.optimizers`.
-
-Arguments that only choose a torch kernel (``foreach``, ``fused``, ``capturable``,
-``differentiable``) are accepted and kept in ``param_groups`` so that code and state dicts port
-unchanged; XLA fuses the step whatever they say.
-"""
+"""The Adam family: ``torch.optim.Adam``, ``AdamW``, ``Adamax``, ``NAdam``, ``RAdam`` and
+``SparseAdam``."""
 
 from __future__ import annotations
 
@@ -14,42 +9,7 @@ import jopt
 from jopt.core import GradientTransformation
 from jopt.optim.optimizer import Optimizer
 
-__all__ = ["SGD", "Adagrad", "Adam", "AdamW", "RMSprop"]
-
-
-class SGD(Optimizer):
-    """``torch.optim.SGD`` over :func:`jopt.sgd` (momentum, dampening, nesterov, weight decay)."""
-
-    functional = staticmethod(jopt.sgd)
-
-    def __init__(
-        self,
-        params: Any,
-        lr: float = 1e-3,
-        momentum: float = 0,
-        dampening: float = 0,
-        weight_decay: float = 0,
-        nesterov: bool = False,
-        *,
-        maximize: bool = False,
-        foreach: bool | None = None,
-        differentiable: bool = False,
-        fused: bool | None = None,
-    ) -> None:
-        super().__init__(
-            params,
-            dict(
-                lr=lr,
-                momentum=momentum,
-                dampening=dampening,
-                weight_decay=weight_decay,
-                nesterov=nesterov,
-                maximize=maximize,
-                foreach=foreach,
-                differentiable=differentiable,
-                fused=fused,
-            ),
-        )
+__all__ = ["Adam", "AdamW", "Adamax", "NAdam", "RAdam", "SparseAdam"]
 
 
 def _adam(
@@ -142,72 +102,130 @@ class AdamW(Adam):
         )
 
 
-class RMSprop(Optimizer):
-    """``torch.optim.RMSprop`` over :func:`jopt.rmsprop` (eps outside the sqrt, centered)."""
 
-    functional = staticmethod(jopt.rmsprop)
+class Adamax(Optimizer):
+    """``torch.optim.Adamax`` over :func:`jopt.adamax`: Adam with the infinity norm ``exp_inf``
+    in place of the second moment, and coupled (L2) weight decay."""
+
+    functional = staticmethod(jopt.adamax)
 
     def __init__(
         self,
         params: Any,
-        lr: float = 1e-2,
-        alpha: float = 0.99,
+        lr: float = 2e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 0,
-        momentum: float = 0,
-        centered: bool = False,
-        capturable: bool = False,
-        foreach: bool | None = None,
-        maximize: bool = False,
-        differentiable: bool = False,
-    ) -> None:
-        super().__init__(
-            params,
-            dict(
-                lr=lr,
-                momentum=momentum,
-                alpha=alpha,
-                eps=eps,
-                centered=centered,
-                weight_decay=weight_decay,
-                capturable=capturable,
-                foreach=foreach,
-                maximize=maximize,
-                differentiable=differentiable,
-            ),
-        )
-
-
-class Adagrad(Optimizer):
-    """``torch.optim.Adagrad`` over :func:`jopt.adagrad` (lr_decay, initial accumulator)."""
-
-    functional = staticmethod(jopt.adagrad)
-
-    def __init__(
-        self,
-        params: Any,
-        lr: float = 1e-2,
-        lr_decay: float = 0,
-        weight_decay: float = 0,
-        initial_accumulator_value: float = 0,
-        eps: float = 1e-10,
         foreach: bool | None = None,
         *,
         maximize: bool = False,
         differentiable: bool = False,
-        fused: bool | None = None,
+        capturable: bool = False,
     ) -> None:
         super().__init__(
             params,
             dict(
                 lr=lr,
-                lr_decay=lr_decay,
+                betas=tuple(betas),
                 eps=eps,
                 weight_decay=weight_decay,
-                initial_accumulator_value=initial_accumulator_value,
                 foreach=foreach,
                 maximize=maximize,
                 differentiable=differentiable,
-                fused=fused,
+                capturable=capturable,
             ),
         )
+
+
+class NAdam(Optimizer):
+    """``torch.optim.NAdam`` over :func:`jopt.nadam`: Adam with Nesterov momentum on torch's
+    ``momentum_decay`` schedule (its product kept as ``mu_product``); L2 weight decay, or
+    AdamW's with ``decoupled_weight_decay``."""
+
+    functional = staticmethod(jopt.nadam)
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 2e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        momentum_decay: float = 4e-3,
+        decoupled_weight_decay: bool = False,
+        *,
+        foreach: bool | None = None,
+        maximize: bool = False,
+        capturable: bool = False,
+        differentiable: bool = False,
+    ) -> None:
+        super().__init__(
+            params,
+            dict(
+                lr=lr,
+                betas=tuple(betas),
+                eps=eps,
+                weight_decay=weight_decay,
+                momentum_decay=momentum_decay,
+                decoupled_weight_decay=decoupled_weight_decay,
+                maximize=maximize,
+                foreach=foreach,
+                capturable=capturable,
+                differentiable=differentiable,
+            ),
+        )
+
+
+class RAdam(Optimizer):
+    """``torch.optim.RAdam`` over :func:`jopt.radam`: Adam whose adaptive step is rectified,
+    and plain bias-corrected momentum while the variance estimate is too short to trust; L2
+    weight decay, or AdamW's with ``decoupled_weight_decay``."""
+
+    functional = staticmethod(jopt.radam)
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        decoupled_weight_decay: bool = False,
+        *,
+        foreach: bool | None = None,
+        maximize: bool = False,
+        capturable: bool = False,
+        differentiable: bool = False,
+    ) -> None:
+        super().__init__(
+            params,
+            dict(
+                lr=lr,
+                betas=tuple(betas),
+                eps=eps,
+                weight_decay=weight_decay,
+                maximize=maximize,
+                foreach=foreach,
+                capturable=capturable,
+                decoupled_weight_decay=decoupled_weight_decay,
+                differentiable=differentiable,
+            ),
+        )
+
+
+class SparseAdam(Optimizer):
+    """``torch.optim.SparseAdam`` over :func:`jopt.sparse_adam`: lazy Adam. torch takes sparse
+    gradients; here the gradient is dense and its zero entries are the ones a sparse gradient
+    leaves out: they keep their moments and do not move."""
+
+    functional = staticmethod(jopt.sparse_adam)
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        maximize: bool = False,
+    ) -> None:
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, maximize=maximize))

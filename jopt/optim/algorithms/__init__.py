@@ -1,0 +1,31 @@
+"""torch.optim's optimizer classes, each a mapping from torch's constructor to jopt's functional
+optimizer. No arithmetic lives here: the update rules are those of :mod:`jopt.optimizers`.
+
+Arguments that only choose a torch kernel (``foreach``, ``fused``, ``capturable``,
+``differentiable``) are accepted and kept in ``param_groups`` so that code and state dicts port
+unchanged; XLA fuses the step whatever they say.
+
+The modules follow the families of :mod:`jopt.optimizers`: :mod:`~.sgd` (SGD, ASGD),
+:mod:`~.adam` (Adam, AdamW, Adamax, NAdam, RAdam, SparseAdam), :mod:`~.rms` (RMSprop, Adagrad,
+Adadelta) and :mod:`~.sign` (Rprop).
+"""
+
+from jopt.optim.algorithms.adam import Adam, Adamax, AdamW, NAdam, RAdam, SparseAdam
+from jopt.optim.algorithms.rms import Adadelta, Adagrad, RMSprop
+from jopt.optim.algorithms.sgd import ASGD, SGD
+from jopt.optim.algorithms.sign import Rprop
+
+__all__ = [
+    "ASGD",
+    "SGD",
+    "Adadelta",
+    "Adagrad",
+    "Adam",
+    "AdamW",
+    "Adamax",
+    "NAdam",
+    "RAdam",
+    "RMSprop",
+    "Rprop",
+    "SparseAdam",
+]
