@@ -1,4 +1,5 @@
-"""The facade classes of Adadelta, Adamax, NAdam, RAdam, Rprop, ASGD and SparseAdam against
+"""The facade classes of Adadelta, Adamax, NAdam, RAdam, Rprop, ASGD, SparseAdam, Adafactor
+and Muon against
 torch.optim: the same training loop written both ways lands on the same parameters, and state
 dicts round-trip bitwise and move between the two. Every jopt.optim class keeps torch's state
 entries under torch's names.
@@ -34,6 +35,7 @@ CONFIGS = [
     ("Rprop", dict(lr=0.01, etas=(0.4, 1.3))),
     ("ASGD", dict(lr=0.05, lambd=1e-3, t0=10, weight_decay=0.01)),
     ("SparseAdam", dict(lr=0.01)),
+    ("Adafactor", dict(lr=0.01, weight_decay=0.01)),
 ]
 LEAVES = sorted(init_params())  # jopt numbers the leaves of a dict in sorted order
 
@@ -161,7 +163,9 @@ STATE_KWARGS = {
 def test_state_entries_are_torchs(name):
     kwargs = STATE_KWARGS.get(name, {})
     params = {k: jnp.asarray(v) for k, v in init_params().items()}
-    t_params = [torch.tensor(np.asarray(params[k])) for k in LEAVES]
+    if name == "Muon":  # matrices only, as torch's Muon
+        params = {k: v for k, v in params.items() if v.ndim == 2}
+    t_params = [torch.tensor(np.asarray(params[k])) for k in sorted(params)]
     ours = getattr(jopt.optim, name)(params, **kwargs)
     theirs = getattr(torch.optim, name)(t_params, **kwargs)
     before = ours.state_dict()["state"]
@@ -197,3 +201,44 @@ def test_loaded_scalars_must_agree_across_a_group():
     with pytest.raises(ValueError, match="different 'mu_product' values"):
         ours.load_state_dict(sd)
     assert ours.state_dict()["state"] == before["state"]
+
+
+def test_muon_follows_torch_and_state_dicts_move():
+    """Muon on the matrices of the MLP (the biases held at zero): 20 steps against torch, then
+    torch's state dict continues in jopt and jopt's in torch."""
+    start = {k: v for k, v in init_params().items() if v.ndim == 2}
+    zeros = {"b1": np.zeros(8, np.float32), "b2": np.zeros(3, np.float32)}
+
+    def loss(p, x, y):
+        return loss_fn({**p, **{k: jnp.asarray(v) for k, v in zeros.items()}}, x, y)
+
+    t_params = {k: torch.tensor(v, requires_grad=True) for k, v in start.items()}
+    t_opt = torch.optim.Muon([t_params[k] for k in sorted(start)], lr=0.02)
+    ours = jopt.optim.Muon({k: jnp.asarray(v) for k, v in start.items()}, lr=0.02)
+
+    def torch_step(params, opt):
+        opt.zero_grad()
+        full = {**params, **{k: torch.tensor(v) for k, v in zeros.items()}}
+        torch_loss(full, torch.tensor(X), torch.tensor(Y)).backward()
+        opt.step()
+
+    for _ in range(20):
+        torch_step(t_params, t_opt)
+        ours.step(loss, jnp.asarray(X), jnp.asarray(Y))
+        for k, v in t_params.items():
+            np.testing.assert_allclose(ours.params[k], v.detach().numpy(), rtol=1e-5, atol=1e-6)
+    assert ours.compile_count == 1
+    moved = jopt.optim.Muon({k: jnp.asarray(v.detach().numpy()) for k, v in t_params.items()})
+    moved.load_state_dict(t_opt.state_dict())
+    back_params = {k: torch.tensor(np.asarray(ours.params[k]), requires_grad=True) for k in start}
+    back = torch.optim.Muon([back_params[k] for k in sorted(start)])
+    back.load_state_dict(to_torch_state(ours.state_dict()))
+    for _ in range(5):
+        torch_step(t_params, t_opt)
+        torch_step(back_params, back)
+        moved.step(loss, jnp.asarray(X), jnp.asarray(Y))
+        ours.step(loss, jnp.asarray(X), jnp.asarray(Y))
+    for k, v in t_params.items():
+        np.testing.assert_allclose(moved.params[k], v.detach().numpy(), rtol=1e-5, atol=1e-6)
+        theirs = back_params[k].detach().numpy()
+        np.testing.assert_allclose(ours.params[k], theirs, rtol=1e-5, atol=1e-6)

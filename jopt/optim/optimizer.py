@@ -156,17 +156,25 @@ class Optimizer:
     def _split(self, group: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """(static, dynamic) functional arguments of a group.
 
-        Booleans are static, and so is a ``static_when_zero`` argument (``momentum``,
+        Booleans, strings, None (and tuples holding one, Adafactor's ``eps``) and the
+        factory's ``static_args`` (Muon's ``ns_steps``) are static, and so is a
+        ``static_when_zero`` argument (``momentum``,
         ``weight_decay``) while it is 0: torch skips those terms at 0, and as data they would
         still cost a buffer or a read of the weights (SGD(momentum=0.9) on 10M float32
         parameters ran 3x slower with a zero decay as data). Changing one from 0 rebuilds the
         group's step once. Everything else is data.
         """
         zero_static = getattr(self.functional, "static_when_zero", ())
+        static_args = getattr(self.functional, "static_args", ())
         static, dynamic = {}, {}
         for key in self._keys():
             value = group[key]
-            if isinstance(value, bool) or (key in zero_static and value == 0):
+            if (
+                key in static_args
+                or isinstance(value, bool | str | None)
+                or (isinstance(value, tuple) and any(v is None for v in value))
+                or (key in zero_static and value == 0)
+            ):
                 static[key] = value
             else:
                 dynamic[key] = value
@@ -251,7 +259,8 @@ class Optimizer:
 
         index = len(self.param_groups)
         layout = Layout(source.leaves, source.paths)
-        if source.shared:
+        leafwise = getattr(self.functional, "leafwise", False)
+        if source.shared or leafwise:
             owned = [
                 jnp.asarray(leaf) if v is None else None
                 for v, leaf in zip(source.variables, source.leaves)
@@ -273,7 +282,8 @@ class Optimizer:
         self._grouped = self._grouped or index > 0
         static, arrays = self._group_args(index)
         stored.built = static
-        stored.state = self._transform(index, arrays).init(_flatten(layout)(initial))
+        first = list(map(jnp.asarray, initial)) if leafwise else _flatten(layout)(initial)
+        stored.state = self._transform(index, arrays).init(first)
         self._grad = self._scratch = self._params_cache = None
         self._programs.clear()
         self._last_program = None
@@ -359,7 +369,11 @@ class Optimizer:
     def _leaf_params(self) -> list[list[Any] | None]:
         return [self._values(g) if g.flat is None else None for g in self._groups]
 
-    def _flat_of(self, g: _Group) -> Flat:
+    def _flat_of(self, g: _Group) -> Flat | list[Any]:
+        """What the group's state is over: its flat buffers, or its leaves for a rule that
+        reads each parameter's shape (``functional.leafwise``: Muon, Adafactor)."""
+        if getattr(self.functional, "leafwise", False):
+            return self._values(g)
         return g.flat if g.flat is not None else _flatten(g.layout)(self._values(g))
 
     def _store(self, flats: list[Any], leaves: list[Any], states: list[Any]) -> None:
@@ -446,10 +460,21 @@ class Optimizer:
         A shared group's parameters are concatenated for the update (XLA drops the copy when
         no term reads them) and each new leaf is its old value plus its slice of the update.
         """
+        leafwise = getattr(self.functional, "leafwise", False)
         new_flats, new_leaves, new_states = [], [], []
         for i, g in enumerate(self._groups):
+            transform = self._transform(i, hps[i])
+            if leafwise:  # the rule sees each parameter in its shape
+                grad_leaves = g.layout.unflatten_leaves(grads[i], offsets[i])
+                parts, state = transform.update(grad_leaves, states[i], list(leaves[i]))
+                new_states.append(state)
+                new_flats.append(None)
+                new_leaves.append(
+                    [(p + u).astype(jnp.result_type(p)) for p, u in zip(leaves[i], parts)]
+                )
+                continue
             flat = flats[i] if g.flat is not None else g.layout.flatten_leaves(leaves[i])
-            updates, state = self._transform(i, hps[i]).update(grads[i], states[i], flat)
+            updates, state = transform.update(grads[i], states[i], flat)
             new_states.append(state)
             if g.flat is not None:
                 new_flats.append(apply_updates(flat, updates))
@@ -775,4 +800,6 @@ def _jit_views(opt: Optimizer) -> Callable[[list[Flat], list[list[Any]]], Any]:
 def _hashable(value: Any) -> Any:
     if isinstance(value, tuple | list):
         return tuple(_hashable(v) for v in value)
+    if isinstance(value, bool | str | None):
+        return value
     return float(value)

@@ -20,9 +20,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jopt.flat import Flat, Layout
+from jopt.flat import Layout
 from jopt.transforms import (
+    EmaMomentumState,
     ScaleByAdadeltaState,
+    ScaleByAdafactorState,
     ScaleByAdagradState,
     ScaleByAdamaxState,
     ScaleByAdamState,
@@ -92,6 +94,14 @@ declare(ScaleByRpropState, TorchState(("prev", "step_size")))
 declare(ScaleByAsgdState, TorchState(("ax",), scalars=("eta", "mu")))
 # torch's momentum buffer exists from the first step taken with momentum; SGD keeps no step.
 declare(TraceState, TorchState(("momentum_buffer",), step=None, exists=lambda s: int(s.count) > 0))
+# Adafactor keeps row and column factors for matrices and a full variance for the rest: one
+# buffer per leaf, None where torch keeps no such entry.
+declare(ScaleByAdafactorState, TorchState(("row_var", "col_var", "variance")))
+# Muon keeps no step; its buffer exists from the first step.
+declare(
+    EmaMomentumState,
+    TorchState(("momentum_buffer",), step=None, exists=lambda s: int(s.count) > 0),
+)
 
 
 def plain(value: Any) -> Any:
@@ -129,7 +139,7 @@ def _declared(state: Any, layout: Layout) -> Iterator[tuple[Any, TorchState]]:
         torch_state = _DECLARED.get(type(sub))
         if torch_state is not None:
             yield sub, torch_state
-        elif any(layout.is_flat(v) for v in sub):
+        elif any(_is_per_leaf(v, layout) for v in sub):
             raise TypeError(
                 f"{type(sub).__name__} holds per-parameter buffers but declares no torch "
                 "layout: call jopt.optim.state_layout.declare for it"
@@ -147,7 +157,7 @@ def entries(state: Any, layout: Layout) -> list[dict[str, Any]]:
         for name in torch_state.buffers:
             value = getattr(sub, name)
             if value is not None:
-                buffers[name] = layout.unflatten_leaves(value)
+                buffers[name] = _per_leaf(value, layout)
         scalars.update({name: getattr(sub, name) for name in torch_state.scalars})
     if not buffers:
         return [{} for _ in range(len(layout))]
@@ -157,7 +167,7 @@ def entries(state: Any, layout: Layout) -> list[dict[str, Any]]:
         if step is not None:
             entry["step"] = step if int_step else jnp.asarray(step, jnp.float32)
         entry.update(scalars)
-        entry.update({name: leaves[j] for name, leaves in buffers.items()})
+        entry.update({n: leaves[j] for n, leaves in buffers.items() if leaves[j] is not None})
         out.append(entry)
     return out
 
@@ -193,20 +203,27 @@ def load(template: Any, entries_: list[dict[str, Any]], layout: Layout) -> Any:
         return template
     step = _step_of(entries_, layout)
 
-    def gather(name: str) -> Flat:
+    def gather(name: str, like: Any) -> Any:
+        """The entries' ``name`` buffers in the template's form: flat, or one per leaf (with
+        the template's shapes, e.g. Adafactor's row factors; None where it keeps none)."""
+        flat = layout.is_flat(like)
         leaves = []
         for j, entry in enumerate(entries_):
+            want = layout.shapes[j] if flat else (None if like[j] is None else like[j].shape)
+            if want is None:
+                leaves.append(None)
+                continue
             value = entry.get(name)
             if value is None:
                 raise ValueError(f"state of parameter {layout.names[j]} has no '{name}'")
             array = np.asarray(value)
-            if array.shape != layout.shapes[j]:
+            if array.shape != tuple(want):
                 raise ValueError(
                     f"loaded state dict has '{name}' of shape {array.shape} for parameter "
-                    f"{layout.names[j]}, whose shape is {layout.shapes[j]}"
+                    f"{layout.names[j]}, where {tuple(want)} is expected"
                 )
-            leaves.append(array.astype(layout.dtype_of(j)))
-        return layout.flatten_leaves(leaves)
+            leaves.append(jnp.asarray(array.astype(layout.dtype_of(j))))
+        return layout.flatten_leaves(leaves) if flat else leaves
 
     def scalar(name: str, like: jax.Array) -> jax.Array:
         """The one value of a per-parameter scalar: torch's entries must agree on it."""
@@ -235,7 +252,7 @@ def load(template: Any, entries_: list[dict[str, Any]], layout: Layout) -> Any:
             if getattr(sub, name) is None:
                 continue
             if any(name in e for e in entries_):
-                values[name] = gather(name)
+                values[name] = gather(name, getattr(sub, name))
                 has_buffers = True
             elif torch_state.step is not None:
                 raise ValueError(f"loaded state dict has no '{name}' for this optimizer")
@@ -248,6 +265,19 @@ def load(template: Any, entries_: list[dict[str, Any]], layout: Layout) -> Any:
         return sub._replace(**values)
 
     return _map_substates(template, fill)
+
+
+def _per_leaf(value: Any, layout: Layout) -> list[Any]:
+    """A per-parameter buffer as one array (or None) per leaf: flat buffers are split, a
+    leafwise rule's list is already that."""
+    return layout.unflatten_leaves(value) if layout.is_flat(value) else list(value)
+
+
+def _is_per_leaf(value: Any, layout: Layout) -> bool:
+    return layout.is_flat(value) or (
+        isinstance(value, list | tuple) and len(value) == len(layout) and len(layout) > 0
+        and any(hasattr(v, "shape") for v in value)
+    )
 
 
 def transplant(old: Any, new: Any) -> Any:

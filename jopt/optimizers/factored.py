@@ -47,3 +47,4 @@ def adafactor(
 
 
 adafactor.static_when_zero = ("weight_decay",)  # type: ignore[attr-defined]
+adafactor.leafwise = True  # type: ignore[attr-defined]  # its rule reads each parameter's shape

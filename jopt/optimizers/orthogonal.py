@@ -59,3 +59,4 @@ def muon(
 
 muon.static_when_zero = ("weight_decay",)  # type: ignore[attr-defined]
 muon.static_args = ("ns_steps",)  # type: ignore[attr-defined]
+muon.leafwise = True  # type: ignore[attr-defined]  # its rule reads each parameter's shape

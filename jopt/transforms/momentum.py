@@ -57,8 +57,10 @@ def trace(
 
 
 class EmaMomentumState(NamedTuple):
-    """torch's ``momentum_buffer`` of ``torch.optim.Muon`` (it keeps no step)."""
+    """torch's ``momentum_buffer`` of ``torch.optim.Muon``, and the steps taken (torch keeps
+    none; 0 means torch has no buffer yet)."""
 
+    count: jax.Array
     momentum_buffer: Any
 
 
@@ -73,7 +75,7 @@ def ema_momentum(
     """
 
     def init(params: Any) -> EmaMomentumState:
-        return EmaMomentumState(_zeros_like(params))
+        return EmaMomentumState(jnp.zeros([], jnp.int32), _zeros_like(params))
 
     def update(
         updates: Any, state: EmaMomentumState, params: Any = None
@@ -87,6 +89,6 @@ def ema_momentum(
             return out.astype(g.dtype), new
 
         out, bufs = _unzip(jax.tree.map(leaf, updates, state.momentum_buffer), updates)
-        return out, EmaMomentumState(bufs)
+        return out, EmaMomentumState(_increment(state.count), bufs)
 
     return GradientTransformation(init, update)

@@ -7,22 +7,26 @@ unchanged; XLA fuses the step whatever they say.
 
 The modules follow the families of :mod:`jopt.optimizers`: :mod:`~.sgd` (SGD, ASGD),
 :mod:`~.adam` (Adam, AdamW, Adamax, NAdam, RAdam, SparseAdam), :mod:`~.rms` (RMSprop, Adagrad,
-Adadelta) and :mod:`~.sign` (Rprop).
+Adadelta), :mod:`~.sign` (Rprop) and :mod:`~.shaped` (Adafactor, Muon: rules that read each
+parameter's shape).
 """
 
 from jopt.optim.algorithms.adam import Adam, Adamax, AdamW, NAdam, RAdam, SparseAdam
 from jopt.optim.algorithms.rms import Adadelta, Adagrad, RMSprop
 from jopt.optim.algorithms.sgd import ASGD, SGD
+from jopt.optim.algorithms.shaped import Adafactor, Muon
 from jopt.optim.algorithms.sign import Rprop
 
 __all__ = [
     "ASGD",
     "SGD",
     "Adadelta",
+    "Adafactor",
     "Adagrad",
     "Adam",
     "AdamW",
     "Adamax",
+    "Muon",
     "NAdam",
     "RAdam",
     "RMSprop",
