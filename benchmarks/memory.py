@@ -105,13 +105,13 @@ def worker(contender: str, n: int) -> dict[str, Any]:
     if contender == "facade":
         opt_f = jopt.optim.Adam({"w": params}, lr=1e-3)
         del params
-        jax.block_until_ready((opt_f._flat, grads))
+        jax.block_until_ready(([g.flat for g in opt_f._groups], grads))
         after_inputs = rss()
         reset = reset_peak()
         for _ in range(STEPS):
             opt_f.step({"w": grads})
-        jax.block_until_ready(opt_f._flat)
-        state_bytes = sum(x.nbytes for x in jax.tree.leaves(opt_f._states))
+        jax.block_until_ready([g.flat for g in opt_f._groups])
+        state_bytes = sum(x.nbytes for x in jax.tree.leaves([g.state for g in opt_f._groups]))
         donated = None
     else:
         state = jax.jit(opt.init)(params)

@@ -1,6 +1,6 @@
 """Run every benchmark, each in its own process, then print the README's tables and targets.
 
-    python benchmarks/run_all.py            # everything (about 15-25 minutes on 2 cores)
+    python benchmarks/run_all.py            # everything (about 30-40 minutes on 2 cores)
     python benchmarks/run_all.py --quick    # tiny sizes, a minute or two
     python benchmarks/run_all.py --summary  # only the tables, from benchmarks/results/*.json
 
@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["step_throughput", "xla_cpu", "iris", "sweep", "memory"]
+SCRIPTS = ["step_throughput", "xla_cpu", "facade_steps", "iris", "sweep", "memory"]
 
 
 def load(name: str, results: Path) -> dict[str, Any] | None:
@@ -116,6 +116,10 @@ def summarize(results: Path) -> str:
                 }
             )
         out.append(common.table(rows, list(rows[0])))
+
+    facade = load("facade_steps", results)
+    if facade:
+        out.extend(_facade_section(facade, targets))
 
     iris = load("iris", results)
     if iris:
@@ -246,6 +250,76 @@ def summarize(results: Path) -> str:
         ]
         out.append(common.table(trow, ["target", "met", "measured"]))
     return "\n".join(out)
+
+
+FACADE_PATHS = ["step(loss_fn)", "backward+step", "step(grads)", "nnx module"]
+
+
+def _facade_section(payload: dict[str, Any], targets: list) -> list[str]:
+    """``facade_steps``: ms per step of every contender, the facade paths against optax (per
+    step and first-call compile), and the targets: each path within 1.1x optax at every leaf
+    count, compiles within 1.5x optax's time, the Iris module loop 3x faster than torch."""
+    out = [f"\n### Facade paths, Adam, median ms per step ({_load_text(payload)})\n"]
+    records = payload["results"]
+    nan = float("nan")
+    rows, ratio_rows = [], []
+    for rec in records:
+        c = rec["contenders"]
+        t = {k.removeprefix("facade "): v["per_step"]["median_s"] for k, v in c.items()}
+        r = rec["ratios"]
+        row: dict[str, Any] = {"case": rec["case"], "params": f"{rec['params'] / 1e3:.4g}K"}
+        row |= {k: common.ms(v) for k, v in t.items()}
+        row["best facade / torch fused"] = r.get("best facade / torch fused", nan)
+        rows.append(row)
+        opt_c = c.get("optax", {}).get("compile_s", nan)
+        ratio_row: dict[str, Any] = {"case": rec["case"]}
+        ratio_row |= {f"{p} / optax": r.get(f"{p} / optax", nan) for p in FACADE_PATHS}
+        ratio_row["optax compile s"] = opt_c
+        ratio_row |= {
+            f"{p} compile / optax": r.get(f"{p} compile / optax", nan) for p in FACADE_PATHS
+        }
+        ratio_rows.append(ratio_row)
+    out.append(common.table(rows, list(dict.fromkeys(k for r in rows for k in r))))
+    out.append("\nFacade / optax, per step and first-call compile (trace + compile + one step):\n")
+    out.append(common.table(ratio_rows, list(ratio_rows[0])))
+
+    leaf_records = [rec for rec in records if rec["kind"] == "leaves"]
+    for p in FACADE_PATHS if leaf_records else []:
+        worst = max(leaf_records, key=lambda rec: rec["ratios"].get(f"{p} / optax", nan))
+        ratio = worst["ratios"].get(f"{p} / optax", nan)
+        targets.append(
+            (
+                f"facade {p} <= 1.1x optax per step at every leaf count",
+                ratio <= 1.1,
+                f"worst {ratio:.2f}x ({worst['case']})",
+            )
+        )
+    compiles = [
+        (rec["ratios"].get(f"{p} compile / optax", nan), p, rec["case"])
+        for rec in records
+        for p in FACADE_PATHS
+    ]
+    compiles = [c for c in compiles if c[0] == c[0]]
+    if compiles:
+        ratio, p, case = max(compiles)
+        targets.append(
+            (
+                "facade first-call compile <= 1.5x optax's (every path and case)",
+                ratio <= 1.5,
+                f"worst {ratio:.2f}x ({p}, {case})",
+            )
+        )
+    for rec in records:
+        ratio = rec["ratios"].get("best torch / nnx module")
+        if rec["case"] == "iris mlp" and ratio is not None:
+            targets.append(
+                (
+                    "Iris nnx-module facade step >= 3x faster than torch eager (foreach, fused)",
+                    ratio >= 3.0,
+                    f"{ratio:.1f}x the faster torch",
+                )
+            )
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -24,6 +24,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
 import common  # noqa: E402
+import facade_steps  # noqa: E402
 import iris  # noqa: E402
 import memory  # noqa: E402
 import step_throughput  # noqa: E402
@@ -56,6 +57,40 @@ def test_step_throughput_runs_and_writes_json(tmp_path: Path) -> None:
     if HAS_TORCH:
         expected |= {"torch foreach", "torch fused"}
     assert set(record["timings"]) == expected
+
+
+def test_facade_steps_runs_and_compiles_each_path_once(tmp_path: Path) -> None:
+    payload = facade_steps.main(
+        ["--quick", "--leaves", "3", "--models", "iris", "--out", str(tmp_path)]
+    )
+    written = json.loads((tmp_path / "facade_steps.json").read_text())
+    assert written["benchmark"] == "facade_steps"
+    # The programs each JAX contender compiles for its whole loop: one train step; for
+    # backward+step, the backward program and the update from the accumulated gradients.
+    programs = {
+        "optax": 1,
+        "facade step(loss_fn)": 1,
+        "facade backward+step": 2,
+        "facade step(grads)": 1,
+        "facade nnx module": 1,
+    }
+    expected = set(programs) | (set(facade_steps.TORCH) if HAS_TORCH else set())
+    assert [r["case"] for r in payload["results"]] == ["3 leaves", "iris mlp"]
+    for record in payload["results"]:
+        contenders = record["contenders"]
+        assert set(contenders) == expected
+        for name, n in programs.items():
+            assert contenders[name]["compile_count"] == {"first": n, "end": n}, (
+                record["case"],
+                name,
+            )
+        # Same start, same first batch: every JAX contender does the same work.
+        losses = [contenders[name]["first_loss"] for name in programs]
+        np.testing.assert_allclose(losses, losses[0], rtol=1e-5)
+        if HAS_TORCH and record["kind"] == "leaves":  # the same arrays in torch
+            for name in facade_steps.TORCH:
+                np.testing.assert_allclose(contenders[name]["first_loss"], losses[0], rtol=1e-5)
+        assert {"step(loss_fn) / optax", "nnx module compile / optax"} <= set(record["ratios"])
 
 
 def test_iris_runs() -> None:
