@@ -135,9 +135,10 @@ class Optimizer:
         self._bindings: dict[int, tuple[weakref.ref, Binding]] = {}
         self._tokens: dict[Any, int] = {}
         self._params_cache: Any = None
-        groups, first = groups_of(params)
-        self._module: nnx.Module | None = params if first == "module" else None
-        self._grouped = len(groups) > 1 or (first == "tree" and is_group_list(params))
+        groups = groups_of(params)
+        self._module: nnx.Module | None = params if isinstance(params, nnx.Module) else None
+        self._grouped = len(groups) > 1 or is_group_list(params)
+        self._views_fn: Callable | None = None
         for group in groups:
             self.add_param_group(group)
 
@@ -213,7 +214,7 @@ class Optimizer:
         for i, group in enumerate(self._groups):
             static, arrays = self._group_args(i)
             if static != group.built:
-                template = self._transform(i, arrays).init(self._flat_of(group))
+                template = self._transform(i, arrays).init(self._state_input(group))
                 group.state = state_layout.transplant(group.state, template)
                 group.built = static
             statics.append(static)
@@ -284,7 +285,7 @@ class Optimizer:
         stored.built = static
         first = list(map(jnp.asarray, initial)) if leafwise else _flatten(layout)(initial)
         stored.state = self._transform(index, arrays).init(first)
-        self._grad = self._scratch = self._params_cache = None
+        self._grad = self._scratch = self._params_cache = self._views_fn = None
         self._programs.clear()
         self._last_program = None
         self._bindings.clear()
@@ -301,29 +302,39 @@ class Optimizer:
     # Parameters and gradients as the user sees them
     # ---------------------------------------------------------------------------------------
 
-    def _views(self, flats: list[Flat], offsets: list[list[Any]]) -> Any:
-        views = [
-            g.source.view(g.layout.unflatten_leaves(f, o))
-            for g, f, o in zip(self._groups, flats, offsets)
-        ]
+    def _as_given(self, views: list[Any]) -> Any:
+        """Per-group values as the user gave the groups: one tree, or a list of them."""
         return views if self._grouped else views[0]
+
+    def _views(self, flats: list[Flat], offsets: list[list[Any]]) -> Any:
+        return self._as_given(
+            [
+                g.source.view(g.layout.unflatten_leaves(f, o))
+                for g, f, o in zip(self._groups, flats, offsets)
+            ]
+        )
+
+    def _jit_views(self) -> Callable[[list[Flat], list[list[Any]]], Any]:
+        """The jitted unflatten of every group's flat buffers into the structure given."""
+        if self._views_fn is None:
+            self._views_fn = jax.jit(self._views)
+        return self._views_fn
 
     @property
     def params(self) -> Any:
         """The current parameters in the structure given (the ``nnx.Param`` state of a module,
         a list for named parameters, a list of group trees once there are several groups)."""
         if any(g.flat is None for g in self._groups):  # the Variables hold the values
-            views = [g.source.view(self._values(g)) for g in self._groups]
-            return views if self._grouped else views[0]
+            return self._as_given([g.source.view(self._values(g)) for g in self._groups])
         if self._params_cache is None:
-            self._params_cache = _jit_views(self)(self._flats(), self._offsets())
+            self._params_cache = self._jit_views()(self._flats(), self._offsets())
         return self._params_cache
 
     @property
     def grads(self) -> Any:
         """The gradients accumulated by :meth:`backward`, in the structure of :attr:`params`
         (None after :meth:`zero_grad`): torch's ``p.grad``. Assign to change them."""
-        return None if self._grad is None else _jit_views(self)(self._grad, self._offsets())
+        return None if self._grad is None else self._jit_views()(self._grad, self._offsets())
 
     @grads.setter
     def grads(self, value: Any) -> None:
@@ -369,7 +380,7 @@ class Optimizer:
     def _leaf_params(self) -> list[list[Any] | None]:
         return [self._values(g) if g.flat is None else None for g in self._groups]
 
-    def _flat_of(self, g: _Group) -> Flat | list[Any]:
+    def _state_input(self, g: _Group) -> Flat | list[Any]:
         """What the group's state is over: its flat buffers, or its leaves for a rule that
         reads each parameter's shape (``functional.leafwise``: Muon, Adafactor)."""
         if getattr(self.functional, "leafwise", False):
@@ -437,8 +448,7 @@ class Optimizer:
         if first == "module":
             head: tuple = (modules[0],)
         elif first == "tree":
-            views = [g.source.view(lv) for g, lv in zip(self._groups, leaves)]
-            head = (views if self._grouped else views[0],)
+            head = (self._as_given([g.source.view(lv) for g, lv in zip(self._groups, leaves)]),)
         else:
             head = ()
         out = fn(*head, *args, **kwargs)
@@ -467,24 +477,19 @@ class Optimizer:
             if leafwise:  # the rule sees each parameter in its shape
                 grad_leaves = g.layout.unflatten_leaves(grads[i], offsets[i])
                 parts, state = transform.update(grad_leaves, states[i], list(leaves[i]))
-                new_states.append(state)
-                new_flats.append(None)
-                new_leaves.append(
-                    [(p + u).astype(jnp.result_type(p)) for p, u in zip(leaves[i], parts)]
-                )
-                continue
-            flat = flats[i] if g.flat is not None else g.layout.flatten_leaves(leaves[i])
-            updates, state = transform.update(grads[i], states[i], flat)
-            new_states.append(state)
-            if g.flat is not None:
-                new_flats.append(apply_updates(flat, updates))
-                new_leaves.append(None)
             else:
+                flat = flats[i] if g.flat is not None else g.layout.flatten_leaves(leaves[i])
+                updates, state = transform.update(grads[i], states[i], flat)
+                if g.flat is not None:
+                    new_flats.append(apply_updates(flat, updates))
+                    new_leaves.append(None)
+                    new_states.append(state)
+                    continue
                 parts = g.layout.unflatten_leaves(updates, offsets[i])
-                new_flats.append(None)
-                new_leaves.append(
-                    [(p + u).astype(jnp.result_type(p)) for p, u in zip(leaves[i], parts)]
-                )
+            new_flats.append(None)
+            new = [(p + u).astype(jnp.result_type(p)) for p, u in zip(leaves[i], parts)]
+            new_leaves.append(new)
+            new_states.append(state)
         return new_flats, new_leaves, new_states
 
     def _program(self, kind: str, statics: tuple, fn=None, has_aux=False, bindings=()):
@@ -596,19 +601,17 @@ class Optimizer:
             closure = None
         if closure is None and self._grad is None:
             return result
+        if callable(closure):
+            fn, inputs, bindings = self._closure_call(closure, has_aux, args, kwargs)
+            result, flats, leaves, states, carried = fn(*inputs)
+            for b, values in zip(bindings, carried):
+                b.write(values)
+            self._store(flats, leaves, states)
+            return result
         statics, hps = self._prepare()
         flats, leaves = self._flats(), self._leaf_params()
         offsets, states = self._offsets(), [g.state for g in self._groups]
-        if callable(closure):
-            bindings, args, kwargs = self._lift(args, kwargs)
-            fn = self._program("closure", statics, closure, has_aux, bindings)
-            carried = [b.inputs() for b in bindings]
-            result, flats, leaves, states, carried = fn(
-                flats, leaves, offsets, states, hps, carried, args, kwargs
-            )
-            for b, values in zip(bindings, carried):
-                b.write(values)
-        elif closure is not None:
+        if closure is not None:
             grad_leaves = self._leaves_of(closure, "gradients")
             fn = self._program("grads", statics)
             flats, leaves, states, self._scratch = fn(
@@ -624,14 +627,21 @@ class Optimizer:
     def lower_step(self, loss_fn: Callable, *args: Any, has_aux: bool = False, **kwargs: Any):
         """The lowered program that ``step(loss_fn, *args, **kwargs)`` runs, without running it:
         ``.as_text()`` is its StableHLO, ``.compile().cost_analysis()`` what XLA makes of it."""
+        fn, inputs, _ = self._closure_call(loss_fn, has_aux, args, kwargs)
+        return fn.lower(*inputs)
+
+    def _closure_call(
+        self, loss_fn: Callable, has_aux: bool, args: tuple, kwargs: dict
+    ) -> tuple[Callable, tuple, list[Binding]]:
+        """The program of ``step(loss_fn, *args, **kwargs)``, its inputs and the bindings of
+        the modules among the arguments."""
         statics, hps = self._prepare()
         bindings, args, kwargs = self._lift(args, kwargs)
         fn = self._program("closure", statics, loss_fn, has_aux, bindings)
-        carried = [b.inputs() for b in bindings]
         states = [g.state for g in self._groups]
-        return fn.lower(
-            self._flats(), self._leaf_params(), self._offsets(), states, hps, carried, args, kwargs
-        )
+        carried = [b.inputs() for b in bindings]
+        inputs = (self._flats(), self._leaf_params(), self._offsets(), states, hps, carried)
+        return fn, (*inputs, args, kwargs), bindings
 
     def _grad_scratch(self) -> list[Flat]:
         """Per group, a buffer for each bucket whose gradients ``step(grads)`` concatenates.
@@ -724,7 +734,7 @@ class Optimizer:
             static, dynamic = self._split(group)
             arrays = jax.tree.map(lambda v: jnp.asarray(float(v)), dynamic)
             transform = self.functional(**static, **arrays)
-            template = transform.init(self._flat_of(g))
+            template = transform.init(self._state_input(g))
             entries = [saved_state.get(int(p), {}) for p in ids]
             new_states.append(state_layout.load(template, entries, g.layout))
             new_groups.append(group)
@@ -786,15 +796,6 @@ def _flatten(layout: Layout) -> Callable[[list[Any]], Flat]:
     if fn is None:
         fn = _FLATTEN[layout] = jax.jit(layout.flatten_leaves)
     return fn
-
-
-def _jit_views(opt: Optimizer) -> Callable[[list[Flat], list[list[Any]]], Any]:
-    """The jitted unflatten of every group into the structure the user gave."""
-    fn = opt.__dict__.get("_views_fn")
-    if fn is None or fn[0] != len(opt._groups):
-        fn = (len(opt._groups), jax.jit(opt._views))
-        opt.__dict__["_views_fn"] = fn
-    return fn[1]
 
 
 def _hashable(value: Any) -> Any:

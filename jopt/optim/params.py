@@ -169,20 +169,14 @@ def source_of(params: Any) -> Source:
     return Source([_value(p) for p in items], variables, None, treedef, None, paths)
 
 
-def groups_of(params: Any) -> tuple[list[dict[str, Any]], str]:
-    """The param groups given, and what a loss function receives first.
-
-    ``"module"``: the optimizer's own module; ``"tree"``: the parameters in the structure given;
-    ``"none"``: nothing (the parameters are Variables of a module the caller passes itself).
-    """
+def groups_of(params: Any) -> list[dict[str, Any]]:
+    """The param groups given: a list of groups, or one group of everything else."""
     check_iterable(params)
-    if isinstance(params, nnx.Module):
-        return [{"params": params}], "module"
     groups = list(params) if is_group_list(params) else [{"params": params}]
     for group in groups:
         if not isinstance(group, dict):
             raise TypeError(f"param_group must be a dict, but got {type(group).__name__}")
-    return groups, "tree"
+    return groups
 
 
 def warn_duplicates(source: Source) -> None:

@@ -5,10 +5,8 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from flax import nnx
-
 from jopt.optim.optimizer import Optimizer
-from jopt.optim.params import is_group_list, is_variable, named_parameters
+from jopt.optim.params import is_group_list, source_of
 from jopt.optim.state_layout import plain
 
 __all__ = ["from_torch"]
@@ -20,17 +18,11 @@ def _numpy(value: Any) -> Any:
 
 
 def _parameters(params: Any) -> tuple[list[Any], list[str] | None]:
-    """The parameters as one ordered list, with their names where they have them."""
-    import jax
-
-    if isinstance(params, nnx.Module):
-        named = named_parameters(params)
-        return [p for _, p in named], [n for n, _ in named]
-    if isinstance(params, list | tuple) and params and all(
-        isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str) for p in params
-    ):
-        return [p for _, p in params], [n for n, _ in params]
-    return jax.tree.leaves(params, is_leaf=is_variable), None
+    """The parameters as one ordered list (Variables where given), with their names where
+    they have them: the order and names a jopt optimizer over ``params`` would use."""
+    source = source_of(params)
+    items = [v if v is not None else leaf for v, leaf in zip(source.variables, source.leaves)]
+    return items, source.names
 
 
 def from_torch(torch_optimizer: Any, params: Any) -> Optimizer:
