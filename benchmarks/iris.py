@@ -68,7 +68,8 @@ class ScanFit:
         self.graphdef, self.params, self.data = model_and_data()
         self.epochs = epochs
         self.trainer = train.Trainer(
-            self.graphdef, jopt.adam(lr=LR), len(self.data.x_train), BATCH, l2=L2
+            self.graphdef, jopt.adam(lr=LR), num_train=len(self.data.x_train), batch_size=BATCH,
+            l2=L2,
         )
         start = time.perf_counter()
         result = self.run()
@@ -204,7 +205,7 @@ def compile_worker(epochs: int) -> dict[str, float]:
     start = time.perf_counter()
     lowered.compile()
     step_compile = time.perf_counter() - start
-    trainer = train.Trainer(graphdef, opt, len(data.x_train), BATCH, l2=L2)
+    trainer = train.Trainer(graphdef, opt, num_train=len(data.x_train), batch_size=BATCH, l2=L2)
     trainer.compile(trainer.init(params), data, epochs)
     return {
         "step_trace_lower_s": traced,

@@ -47,8 +47,8 @@ def jopt_sweep(k: int, epochs: int, repeats: int) -> dict[str, Any]:
     trainer = train.Trainer(
         graphdef,
         jopt.inject_hyperparams(jopt.adam)(lr=float(lrs[0])),
-        len(data.x_train),
-        BATCH,
+        num_train=len(data.x_train),
+        batch_size=BATCH,
         l2=L2,
     )
 

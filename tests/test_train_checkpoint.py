@@ -2,6 +2,7 @@
 
 import dataclasses
 import os
+import shutil
 from pathlib import Path
 
 import jax
@@ -9,8 +10,9 @@ import numpy as np
 import pytest
 
 from jopt.train.checkpoint import CheckpointError, Checkpoints
-from jopt.train.runner import RunConfig, run
+from jopt.train.runner import RunConfig, Session
 
+run = Session().run
 CONFIG = RunConfig(epochs=30, schedule="cosine")
 
 
@@ -20,6 +22,13 @@ def snapshot(directory: Path) -> dict[str, bytes]:
         for p in sorted(directory.rglob("*"))
         if p.is_file()
     }
+
+
+def assert_same_history(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+        assert len(a[k]) == CONFIG.epochs
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +47,7 @@ def test_resume_is_bitwise_identical(finished, tmp_path):
     assert resumed.resumed_from == 10
     for a, b in zip(jax.tree.leaves(full.state), jax.tree.leaves(resumed.state), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    assert resumed.history == full.history
+    assert_same_history(resumed.history, full.history)
     assert int(resumed.state.epoch) == 30
 
 
@@ -51,7 +60,7 @@ def test_keeps_the_last_n_and_no_temporary_names(finished):
 def test_unfinished_write_is_ignored(finished, tmp_path):
     directory, _ = finished
     copy = tmp_path / "copy"
-    os.system(f"cp -r {directory} {copy}")
+    shutil.copytree(directory, copy)
     (copy / "40.orbax-checkpoint-tmp-1234").mkdir()  # a write that never finished
     assert Checkpoints(copy).latest() == 30
 
@@ -59,7 +68,8 @@ def test_unfinished_write_is_ignored(finished, tmp_path):
 def test_resume_with_nothing_to_do_keeps_the_result(finished, tmp_path):
     directory, full = finished
     again = run(CONFIG, checkpoints=Checkpoints(directory, keep=2), resume=True)
-    assert again.resumed_from == 30 and again.history == full.history
+    assert again.resumed_from == 30
+    assert_same_history(again.history, full.history)
 
 
 def test_mismatched_config_is_refused_and_files_stay(finished):
@@ -90,7 +100,7 @@ def test_existing_checkpoints_are_not_overwritten_without_resume(finished):
 def test_corrupt_checkpoint_gives_one_clear_error(finished, tmp_path):
     directory, _ = finished
     copy = tmp_path / "corrupt"
-    os.system(f"cp -r {directory} {copy}")
+    shutil.copytree(directory, copy)
     for path in (copy / "30" / "state").rglob("*"):
         if path.is_file() and path.stat().st_size > 0 and "ocdbt" in str(path):
             path.write_bytes(b"\0garbage" * 8)

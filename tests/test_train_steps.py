@@ -1,7 +1,5 @@
 """Compiled training on Iris: accuracy bands, schedules, sweeps, donation, no recompiles."""
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,11 +8,24 @@ import pytest
 from flax import nnx
 
 import jopt
-from jopt.train import MLP, Trainer, fit, init_model, load_iris, set_hyperparams, sweep
+from jopt.train import (
+    MLP,
+    EarlyStopping,
+    RunConfig,
+    Session,
+    Trainer,
+    fit,
+    init_model,
+    load_iris,
+    set_hyperparams,
+    sweep,
+)
 from jopt.train.cache import CompileCounter
 from jopt.train.lr import find_hyperparams
-from jopt.train.runner import RunConfig, run
 from jopt.train.steps import make_train_step
+
+SESSION = Session()
+run = SESSION.run
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +67,15 @@ def test_torch_default_sgd_rate_is_out_of_band():
 
 
 def test_step_schedule_counts_epochs():
+    torch = pytest.importorskip("torch")
     result = run(RunConfig(schedule="step", epochs=12, step_size=4, gamma=0.5))
-    expected = [0.01 * 0.5 ** (e // 4) for e in range(12)]
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.01)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=4, gamma=0.5)
+    expected = []
+    for _ in range(12):  # torch: the rate of each epoch, then scheduler.step()
+        expected.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
     np.testing.assert_allclose(result.history["lr"], expected, rtol=1e-6)
 
 
@@ -96,7 +114,7 @@ def test_sweep_equals_runs_one_by_one(data):
     assert counter.stats.programs <= 3  # init, states, and the K runs: one program each
     opt = jopt.inject_hyperparams(jopt.adam)(lr=lrs[0], weight_decay=wds[0])
     graphdef, _ = init_model(model_fn, 0)
-    trainer = Trainer(graphdef, opt, len(data.x_train), 16, l2=1e-3)
+    trainer = Trainer(graphdef, opt, num_train=len(data.x_train), batch_size=16, l2=1e-3)
     for k in range(3):
         _, params = init_model(model_fn, seeds[k])
         state = trainer.init(params, seeds[k], lr=lrs[k], weight_decay=wds[k])
@@ -123,9 +141,9 @@ def test_fit_in_one_call_equals_epoch_by_epoch(data):
         data,
         epochs=8,
         l2=1e-3,
-        callback=lambda state, h: seen.append(int(state.epoch)),
+        callbacks=[lambda epoch, metrics, state: seen.append((epoch, int(state.epoch)))],
     )
-    assert seen == list(range(1, 9))
+    assert seen == [(e, e) for e in range(1, 9)]
     for a, b in zip(jax.tree.leaves(whole.params), jax.tree.leaves(steps.params)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
     assert np.isnan(whole.history["lr"]).all()  # a plain optimizer: the rate is not data
@@ -155,8 +173,10 @@ def test_train_step_donates_and_lr_changes_do_not_recompile(data):
         state = set_hyperparams(state, lr=lr)
         params, state, loss = step(params, state, x, y)
         assert float(find_hyperparams(state)["lr"]) == pytest.approx(lr)
-    assert step._cache_size() == 1
-    assert np.isfinite(float(loss))
+    with CompileCounter() as counter:  # the changed rates are data: nothing recompiles
+        for lr in (1e-4, 0.3):
+            params, state, loss = step(params, set_hyperparams(state, lr=lr), x, y)
+    assert counter.stats.programs == 0
 
 
 def test_set_hyperparams_errors():
@@ -178,4 +198,31 @@ def test_model_options():
     assert np.abs(np.asarray(first["bias"])).max() > 0  # biases drawn too, as in torch
     with pytest.raises(ValueError, match="activation"):
         MLP(activation="rleu", rngs=nnx.Rngs(0))
-    assert dataclasses.is_dataclass(RunConfig)
+
+
+def test_early_stopping_ends_the_run_where_the_metric_stalls(data):
+    graphdef, params = init_model(model_fn, 0)
+    stop = EarlyStopping("test_loss", patience=3)
+    result = fit((graphdef, params), jopt.adam(lr=0.3), data, epochs=100, callbacks=[stop])
+    losses = result.history["test_loss"]
+    epochs = len(losses)
+    assert epochs < 100 and int(result.state.epoch) == epochs
+    best = int(np.argmin(losses))
+    assert best == epochs - 4  # stopped after 3 epochs without a new minimum
+    assert (losses[best + 1:] >= losses[best]).all()
+
+
+def test_a_config_is_checked_before_anything_compiles():
+    with CompileCounter() as counter:
+        with pytest.raises(ValueError, match="rprop takes no weight_decay"):
+            run(RunConfig(optimizer="rprop", weight_decay=0.1))
+        with pytest.raises(ValueError, match="did you mean 'adam'"):
+            run(RunConfig(optimizer="adm"))
+    assert counter.stats.programs == 0
+
+
+def test_final_of_an_empty_history_is_an_error(data):
+    graphdef, params = init_model(model_fn, 0)
+    result = fit((graphdef, params), jopt.adam(lr=0.1), data, epochs=0)
+    with pytest.raises(ValueError, match="no epoch"):
+        result.final("test_loss")

@@ -11,7 +11,8 @@ makes a second identical run load its programs instead of compiling them.
 
 A new subcommand is a function ``add(subparsers)`` that registers its parser with
 ``set_defaults(handler=...)``, listed in ``COMMANDS``; the handler takes the parsed arguments
-and returns the exit status.
+and returns the exit status. The recipe's flags are generated from the fields of
+``jopt.train.config.RunConfig`` (:mod:`jopt.cli.flags`).
 """
 
 from __future__ import annotations
@@ -22,11 +23,16 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from jopt.cli import compare, sweep, train
-from jopt.cli.common import Parser, UsageError
+from jopt.cli.flags import Parser, UsageError
+from jopt.train.names import suggest
 
 __all__ = ["COMMANDS", "UsageError", "build_parser", "main"]
 
-COMMANDS: list[Callable[[Any], None]] = [train.add, compare.add, sweep.add]
+COMMANDS: dict[str, Callable[[Any], None]] = {
+    "train": train.add,
+    "compare": compare.add,
+    "sweep": sweep.add,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "train an MLP on Iris with them.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
-    for add in COMMANDS:
+    for add in COMMANDS.values():
         add(sub)
     return parser
 
@@ -42,7 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``jopt`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     args = None
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        command = next((a for a in argv if not a.startswith("-")), None)
+        if command is not None and command not in COMMANDS:
+            raise UsageError(suggest(command, COMMANDS, "command"))
         args = build_parser().parse_args(argv)
         return args.handler(args)
     except KeyboardInterrupt:

@@ -3,23 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from typing import Any
 
-from jopt.cli.common import (
-    add_common,
-    add_lr,
-    check_optimizer,
-    compile_report,
-    emit_json,
-    fmt,
-    load_data,
-    make_console,
-    optimizer_list,
-    progress_bar,
-    run_config,
-    start,
-    write_plot,
-)
+from jopt.cli.flags import add_config, add_output, config_of, optimizer_list
+from jopt.cli.output import emit_json, fmt, make_console, progress_bar, write_plot
+from jopt.cli.setup import check_optimizer, load_data, start
 
 
 def add(sub: Any) -> None:
@@ -28,27 +17,28 @@ def add(sub: Any) -> None:
     p.add_argument("--optimizers", type=optimizer_list, metavar="NAMES",
                    default=("sgd", "momentum", "rmsprop", "adam"),
                    help="comma-separated, or all (default sgd,momentum,rmsprop,adam)")
-    add_lr(p)
-    add_common(p)
+    add_config(p, skip=["optimizer"])
+    add_output(p)
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    base = config_of(args)
     setup = start(args)
-    load_data(args)  # checks --test-size and --batch-size against the data
-    configs = [run_config(args, optimizer=name) for name in args.optimizers]
+    data = load_data(base)
+    configs = [config_of(args, optimizer=name) for name in args.optimizers]
     for config in configs:
         check_optimizer(config)
 
     from rich.table import Table
 
-    from jopt.train.recipes import DEFAULT_LR
-    from jopt.train.runner import run
+    from jopt.train.runner import Session
 
     console = make_console(args)
+    session = Session()
     results = []
     with progress_bar(console, "compare") as progress:
-        task = progress.add_task("compare", total=len(configs) * args.epochs, status="")
+        task = progress.add_task("compare", total=len(configs) * base.epochs, status="")
         for config in configs:
             done = progress.tasks[0].completed
 
@@ -56,18 +46,17 @@ def run(args: argparse.Namespace) -> int:
                          name: str = config.optimizer) -> None:
                 progress.update(task, completed=done + epoch, status=name)
 
-            results.append(run(config, on_epoch=on_epoch))
-    report = compile_report(setup)
-    table = Table(title=f"Iris, {args.epochs} epochs, batch {args.batch_size}",
+            results.append(session.run(config, data=data, on_epoch=on_epoch))
+    report = setup.report()
+    table = Table(title=f"Iris, {base.epochs} epochs, batch {base.batch_size}",
                   title_justify="left")
     for name in ("optimizer", "lr", "train loss", "test loss", "test acc", "train s"):
         table.add_column(name, justify="right")
     summaries = []
     for config, result in zip(configs, results):
-        lr = config.lr if config.lr is not None else DEFAULT_LR[config.optimizer]
         summary = {
             "optimizer": config.optimizer,
-            "lr": lr,
+            "lr": config.base_lr,
             "epochs": config.epochs,
             "final_train_loss": result.final("train_loss"),
             "final_test_loss": result.final("test_loss"),
@@ -76,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
             "compile_seconds": result.compile_seconds,
         }
         summaries.append(summary)
-        table.add_row(config.optimizer, f"{lr:g}", fmt(summary["final_train_loss"]),
+        table.add_row(config.optimizer, f"{config.base_lr:g}", fmt(summary["final_train_loss"]),
                       fmt(summary["final_test_loss"]), f"{summary['test_accuracy']:.3f}",
                       f"{result.train_seconds:.3f}")
     console.print(table)
@@ -86,5 +75,6 @@ def run(args: argparse.Namespace) -> int:
         histories = {c.optimizer: r.history for c, r in zip(configs, results)}
         write_plot(lambda: plot_compare(histories, args.plot, title="Iris"), args.plot, console)
     if args.json:
-        emit_json({"command": "compare", "results": summaries, **report})
+        emit_json({"command": "compare", "results": summaries, **report,
+                   "config": dataclasses.asdict(base) | {"optimizer": list(args.optimizers)}})
     return 0

@@ -5,82 +5,68 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from jopt.cli.common import (
-    UsageError,
-    add_common,
-    add_optimizer,
-    check_optimizer,
-    compile_report,
-    emit_json,
-    fmt,
-    load_data,
-    make_console,
-    number,
-    run_config,
-    start,
-    steps_per_epoch,
-    write_plot,
-)
+from jopt.cli.flags import UsageError, add_config, add_output, config_of, positive
+from jopt.cli.output import emit_json, fmt, make_console, write_plot
+from jopt.cli.setup import check_optimizer, load_data, start
 
 
 def add(sub: Any) -> None:
     p = sub.add_parser("sweep", help="train many learning rates at once (vmap, one compile)",
                        description="Train --runs learning rates, log-spaced, in one program.")
-    add_optimizer(p)
-    p.add_argument("--lr-min", type=number(float, "--lr-min", 0.0, strict=True), default=1e-4,
+    p.add_argument("--lr-min", type=positive(float, "--lr-min"), default=1e-4,
                    help="smallest learning rate (default 1e-4)")
-    p.add_argument("--lr-max", type=number(float, "--lr-max", 0.0, strict=True), default=1.0,
+    p.add_argument("--lr-max", type=positive(float, "--lr-max"), default=1.0,
                    help="largest learning rate (default 1)")
-    p.add_argument("--runs", type=number(int, "--runs", 0, strict=True), default=256,
+    p.add_argument("--runs", type=positive(int, "--runs"), default=256,
                    help="learning rates, log-spaced (default 256)")
     p.add_argument("--vary-seed", action="store_true",
                    help="give run k the seed --seed + k (default: all runs share --seed)")
-    add_common(p)
+    add_config(p, skip=["lr"])
+    add_output(p)
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.lr_min > args.lr_max:
         raise UsageError(f"--lr-min {args.lr_min:g} is above --lr-max {args.lr_max:g}")
+    config = config_of(args, lr=args.lr_min)
     setup = start(args)
-    data = load_data(args)
-    config = run_config(args, optimizer=args.optimizer, lr=args.lr_min)
+    data = load_data(config)
     check_optimizer(config)
 
     import numpy as np
+    from rich.table import Table
 
+    from jopt.train.data import num_batches
     from jopt.train.loops import sweep
-    from jopt.train.lr import Plateau
-    from jopt.train.recipes import OPTIMIZERS, make_lr_schedule
+    from jopt.train.recipes import OPTIMIZERS, make_lr_control
+    from jopt.train.runner import model_factory
 
     console = make_console(args)
     lrs = np.geomspace(args.lr_min, args.lr_max, args.runs)
-    seeds = args.seed + np.arange(args.runs) if args.vary_seed else args.seed
-    schedule = make_lr_schedule(config.schedule, config.epochs, steps_per_epoch(data, config),
-                                gamma=config.gamma, step_size=config.step_size,
-                                milestones=config.milestones)
-    with console.status(f"training {args.runs} runs of {args.optimizer}"):
+    seeds = config.seed + np.arange(args.runs) if args.vary_seed else config.seed
+    steps = num_batches(len(data.x_train), config.batch_size, config.drop_last)
+    control = make_lr_control(config.schedule, config.epochs, steps, gamma=config.gamma,
+                              step_size=config.step_size, milestones=config.milestones)
+    with console.status(f"training {args.runs} runs of {config.optimizer}"):
         result = sweep(
-            OPTIMIZERS[args.optimizer],
+            OPTIMIZERS[config.optimizer],
             data,
             lrs,
-            weight_decays=args.weight_decay,
+            weight_decays=config.weight_decay,
             seeds=seeds,
-            model_fn=config.model_fn(data),
+            model_fn=model_factory(config, data),
             epochs=config.epochs,
             batch_size=config.batch_size,
             drop_last=config.drop_last,
             l2=config.l2,
-            lr_schedule=None if isinstance(schedule, Plateau) else schedule,
-            plateau=schedule if isinstance(schedule, Plateau) else None,
+            lr_control=control,
         )
-    report = compile_report(setup)
+    report = setup.report()
     acc = result.history["test_accuracy"][:, -1]
     loss = result.history["test_loss"][:, -1]
     best = result.best()
-    from rich.table import Table
-
-    table = Table(title=f"{args.optimizer}: {args.runs} learning rates, {config.epochs} epochs",
+    table = Table(title=f"{config.optimizer}: {args.runs} learning rates, {config.epochs} epochs",
                   title_justify="left")
     for name in ("lr", "test loss", "test acc"):
         table.add_column(name, justify="right")
@@ -88,20 +74,21 @@ def run(args: argparse.Namespace) -> int:
         table.add_row(f"{lrs[i]:.3g}", fmt(float(loss[i])), f"{acc[i]:.3f}")
     console.print(table)
     runs_per_second = args.runs / result.train_seconds if result.train_seconds > 0 else None
+    rate = f"{runs_per_second:.0f} runs/s" if runs_per_second is not None else "runs/s unmeasured"
     console.print(
         f"best lr {lrs[best]:.3g}: test accuracy {acc[best]:.3f}; {args.runs} runs in "
-        f"{result.train_seconds:.3f} s ({runs_per_second:.0f} runs/s) after "
-        f"{report['compile_seconds']:.2f} s of compilation"
+        f"{result.train_seconds:.3f} s ({rate}) after {report['compile_seconds']:.2f} s of "
+        "compilation"
     )
     if args.plot:
         from jopt.train.plots import plot_sweep
 
-        title = f"{args.optimizer}, {config.epochs} epochs, batch {config.batch_size}"
+        title = f"{config.optimizer}, {config.epochs} epochs, batch {config.batch_size}"
         write_plot(lambda: plot_sweep(lrs, acc, loss, args.plot, title), args.plot, console)
     if args.json:
         emit_json({
             "command": "sweep",
-            "optimizer": args.optimizer,
+            "optimizer": config.optimizer,
             "runs": args.runs,
             "epochs": config.epochs,
             "seconds": result.train_seconds,

@@ -11,15 +11,28 @@ A run reads top to bottom::
     result = fit(model, jopt.adam(lr=1e-2), data, epochs=100, batch_size=16, l2=1e-3)
     print(result.final("test_accuracy"))
 
-``fit`` compiles the epochs into one XLA program; ``sweep`` trains K learning rates, weight
-decays or seeds in one program with ``vmap``; ``runner.run`` is ``jopt train`` (checkpoints,
-resume, progress) as a function.
+``Trainer`` compiles epochs into one XLA program; ``drive`` calls it chunk by chunk with
+callbacks (progress, checkpoints, ``EarlyStopping``); ``fit`` trains one run, ``sweep`` K
+learning rates, weight decays or seeds in one ``vmap``-ed program, and ``run`` is ``jopt
+train`` (a ``RunConfig``, checkpoints, resume, progress) as a function. The learning rate is
+controlled by a ``Scheduled`` rule or a ``Plateau`` one (``lr_control=``).
 """
 
+from jopt.train.config import RunConfig
 from jopt.train.data import DataLoader, Dataset, batch_indices, load_iris
+from jopt.train.driver import Callback, EarlyStopping, drive
 from jopt.train.loops import FitResult, SweepResult, fit, sweep
-from jopt.train.lr import METRICS, Plateau, find_hyperparams, set_hyperparams
-from jopt.train.model import MLP, cross_entropy, l2_penalty, merge_params, split_params
+from jopt.train.lr import LrControl, Plateau, Scheduled, find_hyperparams, set_hyperparams
+from jopt.train.model import (
+    MLP,
+    MLPFactory,
+    cross_entropy,
+    l2_penalty,
+    merge_params,
+    split_params,
+)
+from jopt.train.names import METRICS
+from jopt.train.runner import RunResult, Session, run
 from jopt.train.steps import (
     Trainer,
     TrainState,
@@ -32,16 +45,25 @@ from jopt.train.steps import (
 __all__ = [
     "METRICS",
     "MLP",
+    "Callback",
     "DataLoader",
     "Dataset",
+    "EarlyStopping",
     "FitResult",
+    "LrControl",
+    "MLPFactory",
     "Plateau",
+    "RunConfig",
+    "RunResult",
+    "Scheduled",
+    "Session",
     "SweepResult",
     "TrainState",
     "Trainer",
     "batch_indices",
     "cross_entropy",
     "device_data",
+    "drive",
     "find_hyperparams",
     "fit",
     "init_model",
@@ -50,6 +72,7 @@ __all__ = [
     "load_iris",
     "make_train_step",
     "merge_params",
+    "run",
     "set_hyperparams",
     "split_params",
     "sweep",

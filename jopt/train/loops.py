@@ -1,22 +1,20 @@
-"""``fit`` one run and ``sweep`` K runs at once, on the compiled epochs of a ``Trainer``."""
+"""``fit`` one run and ``sweep`` K runs at once, through the epoch driver (:mod:`.driver`)."""
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import jax
 import numpy as np
 from flax import nnx
 
 from jopt.core import GradientTransformation, inject_hyperparams
 from jopt.train.data import Dataset
-from jopt.train.lr import METRICS, LrSchedule, Plateau
-from jopt.train.model import MLP, merge_params, split_params
-from jopt.train.steps import Trainer, TrainState, device_data, init_params, small_program_options
+from jopt.train.driver import Callback, drive
+from jopt.train.lr import LrControl
+from jopt.train.model import MLPFactory, merge_params, split_params
+from jopt.train.steps import Trainer, TrainState
 
 __all__ = ["FitResult", "SweepResult", "fit", "sweep"]
 
@@ -41,7 +39,11 @@ class FitResult:
         return merge_params(self.graphdef, self.state.params)
 
     def final(self, metric: str) -> float:
-        return float(self.history[metric][-1])
+        """``metric`` after the last epoch; ``ValueError`` if no epoch was trained."""
+        values = self.history[metric]
+        if len(values) == 0:
+            raise ValueError("the history is empty: no epoch was trained")
+        return float(values[-1])
 
 
 def fit(
@@ -55,64 +57,35 @@ def fit(
     drop_last: bool = False,
     l2: float = 0.0,
     seed: int = 0,
-    lr_schedule: LrSchedule | None = None,
-    plateau: Plateau | None = None,
+    lr_control: LrControl | Callable[..., Any] | None = None,
     epochs_per_call: int | None = None,
-    callback: Callable[[TrainState, dict[str, np.ndarray]], None] | None = None,
+    callbacks: Sequence[Callback | Callable[..., Any]] = (),
     state: TrainState | None = None,
     trainer: Trainer | None = None,
 ) -> FitResult:
     """Train ``model`` on ``data`` with ``optimizer`` for ``epochs`` epochs.
 
     ``model`` is an ``nnx.Module`` or its ``(graphdef, params)``; ``seed`` fixes the shuffling
-    (the model arrives initialised). The epochs run
-    ``epochs_per_call`` at a time in one compiled call each — all at once by default, one at a
-    time when a ``callback(state, history_of_the_call)`` wants to see every epoch (to draw a
-    progress bar or save a checkpoint; the state is donated to the next call, so copy what you
-    keep). ``state`` resumes a run at ``state.epoch``; ``trainer`` reuses compiled programs.
+    (the model arrives initialised). ``lr_control`` sets the rate of every step
+    (:mod:`jopt.train.lr`; the optimizer must then be built with ``jopt.inject_hyperparams``).
+    The epochs run ``epochs_per_call`` at a time in one compiled call each: all at once by
+    default, one at a time when there are ``callbacks`` (:class:`~jopt.train.driver.Callback`,
+    or functions ``(epoch, metrics, state)``; one returning ``True`` stops the run). ``state``
+    resumes a run at ``state.epoch``; ``trainer`` reuses its compiled programs.
     """
     if epochs < 0:
         raise ValueError(f"epochs must be non-negative, got {epochs}")
     graphdef, params = model if isinstance(model, tuple) else split_params(model)
     if trainer is None:
-        trainer = Trainer(
-            graphdef,
-            optimizer,
-            len(data.x_train),
-            batch_size,
-            shuffle,
-            drop_last,
-            l2,
-            lr_schedule,
-            plateau,
-        )
+        trainer = Trainer(graphdef, optimizer, num_train=len(data.x_train),
+                          batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, l2=l2,
+                          lr_control=lr_control)
     if state is None:
         state = trainer.init(params, seed)
-    arrays = device_data(data)
-    done = int(state.epoch)
-    remaining = max(epochs - done, 0)
-    chunk = epochs_per_call or (1 if callback is not None else max(remaining, 1))
-    before = trainer.compile_seconds
-    if remaining:
-        trainer.compile(state, arrays, min(chunk, remaining))
-    rows: list[dict[str, np.ndarray]] = []
-    start = time.perf_counter()
-    while remaining > 0:
-        n = min(chunk, remaining)
-        if not trainer.is_compiled(state, n):
-            pause = time.perf_counter()
-            trainer.compile(state, arrays, n)
-            start += time.perf_counter() - pause
-        state, history = trainer.run(state, arrays, n)
-        history = {k: np.asarray(v) for k, v in history.items()}
-        rows.append(history)
-        if callback is not None:
-            callback(state, history)
-        remaining -= n
-    jax.block_until_ready(state)
-    train_seconds = time.perf_counter() - start
-    merged = {k: np.concatenate([r[k] for r in rows]) if rows else np.zeros(0) for k in METRICS}
-    return FitResult(state, merged, graphdef, trainer.compile_seconds - before, train_seconds)
+    done = drive(trainer, state, data, epochs, epochs_per_call=epochs_per_call,
+                 callbacks=callbacks)
+    return FitResult(done.state, done.history, graphdef, done.compile_seconds,
+                     done.train_seconds)
 
 
 @dataclasses.dataclass
@@ -153,8 +126,8 @@ def sweep(
     shuffle: bool = True,
     drop_last: bool = False,
     l2: float = 0.0,
-    lr_schedule: LrSchedule | None = None,
-    plateau: Plateau | None = None,
+    lr_control: LrControl | Callable[..., Any] | None = None,
+    callbacks: Sequence[Callback | Callable[..., Any]] = (),
     trainer: Trainer | None = None,
     **optimizer_kwargs: Any,
 ) -> SweepResult:
@@ -163,9 +136,9 @@ def sweep(
     ``optimizer`` is a factory such as ``jopt.adam``; it is wrapped in
     ``jopt.inject_hyperparams`` so that ``lr`` (and ``weight_decay`` when given) are data with
     one value per run. Run ``k`` initialises ``model_fn`` (the 4-16-3 MLP by default) from
-    ``seeds[k]`` with :func:`init_params` and shuffles with the same seed: it equals
-    ``fit(model_fn(nnx.Rngs(jax.random.key(seeds[k]))), inject_hyperparams(optimizer)(
-    lr=lrs[k], ...), data, seed=seeds[k])``.
+    ``seeds[k]`` with :func:`~jopt.train.steps.init_params` and shuffles with the same seed: it
+    equals ``fit(model_fn(nnx.Rngs(jax.random.key(seeds[k]))), inject_hyperparams(optimizer)(
+    lr=lrs[k], ...), data, seed=seeds[k])``. Callbacks see each epoch's metrics of all K runs.
     """
     lrs = np.asarray(lrs, np.float32).reshape(-1)
     k = len(lrs)
@@ -174,64 +147,15 @@ def sweep(
     if weight_decays is not None:
         hyper["weight_decay"] = np.broadcast_to(np.asarray(weight_decays, np.float32), (k,))
     if model_fn is None:
-        model_fn = _default_model(data)
-    first = {name: float(v[0]) for name, v in hyper.items()}
-    opt = inject_hyperparams(optimizer)(**first, **optimizer_kwargs)
-    params = _batched_init(model_fn)(seeds_arr)
-    graphdef = nnx.graphdef(nnx.eval_shape(lambda: model_fn(nnx.Rngs(0))))
+        model_fn = MLPFactory(data.num_features, (16,), data.num_classes)
     if trainer is None:
-        trainer = Trainer(
-            graphdef,
-            opt,
-            len(data.x_train),
-            batch_size,
-            shuffle,
-            drop_last,
-            l2,
-            lr_schedule,
-            plateau,
-        )
+        first = {name: float(v[0]) for name, v in hyper.items()}
+        opt = inject_hyperparams(optimizer)(**first, **optimizer_kwargs)
+        graphdef = nnx.graphdef(nnx.eval_shape(lambda: model_fn(nnx.Rngs(0))))
+        trainer = Trainer(graphdef, opt, num_train=len(data.x_train), batch_size=batch_size,
+                          shuffle=shuffle, drop_last=drop_last, l2=l2, lr_control=lr_control)
+    params = trainer.params_of(model_fn, seeds_arr)
     state = trainer.init_batched(params, seeds_arr, **hyper)
-    arrays = device_data(data)
-    before = trainer.compile_seconds
-    trainer.compile(state, arrays, epochs)
-    start = time.perf_counter()
-    state, history = trainer.run(state, arrays, epochs)
-    jax.block_until_ready(state)
-    seconds = time.perf_counter() - start
-    return SweepResult(
-        lrs,
-        hyper.get("weight_decay"),
-        seeds_arr,
-        {key: np.asarray(v) for key, v in history.items()},
-        state,
-        trainer.compile_seconds - before,
-        seconds,
-    )
-
-
-@functools.cache
-def _batched_init(model_fn: Callable[[nnx.Rngs], nnx.Module]) -> Callable[[Any], Any]:
-    """The compiled initialisation of K models from K seeds, kept across sweeps.
-
-    ``lax.map``, not ``vmap``: K small initialisations in a loop compile like one (a batched
-    random-number generator takes seconds to compile) and run in microseconds each.
-    """
-    return jax.jit(
-        lambda seeds: jax.lax.map(lambda s: init_params(model_fn, s), seeds),
-        compiler_options=small_program_options(),
-    )
-
-
-def _default_model(data: Dataset) -> Callable[[nnx.Rngs], nnx.Module]:
-    return _mlp(data.num_features, data.num_classes)
-
-
-@functools.cache
-def _mlp(num_features: int, num_classes: int) -> Callable[[nnx.Rngs], nnx.Module]:
-    """The default 4-16-3 MLP factory, one object per shape so its compiled init is reused."""
-
-    def model_fn(rngs: nnx.Rngs) -> nnx.Module:
-        return MLP(num_features, (16,), num_classes, rngs=rngs)
-
-    return model_fn
+    done = drive(trainer, state, data, epochs, callbacks=callbacks)
+    return SweepResult(lrs, hyper.get("weight_decay"), seeds_arr, done.history, done.state,
+                       done.compile_seconds, done.train_seconds)

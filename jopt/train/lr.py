@@ -1,5 +1,12 @@
-"""Learning rates as data: reading and writing an optimizer's injected hyperparameters, and
-torch's ``ReduceLROnPlateau`` as a per-epoch rule for the trainer.
+"""Learning-rate control for the trainer, and an optimizer's injected hyperparameters.
+
+A ``Trainer`` given an :class:`LrControl` sets the learning rate before every step from a
+base learning rate held in the ``TrainState`` (what lets a sweep vary the base rate of a
+scheduled run): :class:`Scheduled` follows ``(base_lr, step) -> lr``; :class:`Plateau` is
+torch's ``ReduceLROnPlateau`` acting once per epoch on a metric of the epoch. Both are one
+type to the trainer: ``init(base_lr)`` is the control's state in the ``TrainState``,
+``lr(state, base_lr, step)`` the rate of a step and ``end_epoch(state, metrics)`` the state
+after an epoch.
 
 ``find_hyperparams`` / ``set_hyperparams`` reach the ``hyperparams`` dict of the first
 ``inject_hyperparams`` state inside an optimizer state (jopt's or optax's, at the top or inside
@@ -22,26 +29,48 @@ from jopt.plateau import (
     mode_worse,
     plateau_step,
 )
+from jopt.train.names import METRICS
 
-__all__ = ["METRICS", "LrSchedule", "Plateau", "current_lr", "find_hyperparams",
+__all__ = ["LrControl", "LrSchedule", "Plateau", "Scheduled", "current_lr", "find_hyperparams",
            "set_hyperparams"]
-
-METRICS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr")
-"""The per-epoch history: mean training cross-entropy over the epoch's batches (what a torch
-script's running loss reports), training accuracy over the same batches, cross-entropy and
-accuracy on the test set after the epoch, and the learning rate of the epoch's last step."""
 
 LrSchedule = Callable[[jax.Array, jax.Array], jax.Array]
 """``(base_lr, step) -> lr``: a schedule whose base learning rate is data (see ``Trainer``)."""
 
 
+class LrControl:
+    """How a ``Trainer`` sets the learning rate: a base class with no state of its own."""
+
+    def init(self, base_lr: jax.Array) -> Any:
+        """The control's state at the start of a run (``TrainState.lr_state``)."""
+        return None
+
+    def lr(self, state: Any, base_lr: jax.Array, step: jax.Array) -> jax.Array:
+        """The learning rate of optimizer step ``step`` (counted from 0)."""
+        raise NotImplementedError
+
+    def end_epoch(self, state: Any, metrics: dict[str, jax.Array]) -> Any:
+        """The control's state after an epoch with these ``METRICS``."""
+        return state
+
+
 @dataclasses.dataclass(frozen=True)
-class Plateau:
+class Scheduled(LrControl):
+    """The rate ``schedule(base_lr, step)``: a per-step schedule of a data base rate."""
+
+    schedule: LrSchedule
+
+    def lr(self, state: Any, base_lr: jax.Array, step: jax.Array) -> jax.Array:
+        return self.schedule(base_lr, step)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plateau(LrControl):
     """torch's ``ReduceLROnPlateau`` stepped once per epoch on a metric of the epoch.
 
     Where a torch script calls ``scheduler.step(metric)`` after each epoch, a ``Trainer`` given
-    ``plateau=Plateau(patience=10)`` applies :func:`jopt.plateau_step` to ``metric`` (one of
-    ``METRICS``; the epoch's training loss by default) and trains the next epoch at the rate
+    ``lr_control=Plateau(patience=10)`` applies :func:`jopt.plateau_step` to ``metric`` (one
+    of ``METRICS``; the epoch's training loss by default) and trains the next epoch at the rate
     it sets. The arguments are torch's.
     """
 
@@ -60,17 +89,20 @@ class Plateau:
         if self.metric not in METRICS:
             raise ValueError(f"unknown metric {self.metric!r}; choose from {list(METRICS)}")
 
-    def init(self, lr: jax.Array) -> ReduceOnPlateauState:
+    def init(self, base_lr: jax.Array) -> ReduceOnPlateauState:
         f32 = jnp.float32
         return ReduceOnPlateauState(
-            lr=jnp.asarray(lr, f32),
+            lr=jnp.asarray(base_lr, f32),
             best=jnp.asarray(mode_worse(self.mode), f32),
             num_bad_epochs=jnp.zeros([], jnp.int32),
             cooldown_counter=jnp.zeros([], jnp.int32),
             last_epoch=jnp.zeros([], jnp.int32),
         )
 
-    def update(self, state: ReduceOnPlateauState, metrics: dict[str, jax.Array]) -> Any:
+    def lr(self, state: ReduceOnPlateauState, base_lr: jax.Array, step: jax.Array) -> jax.Array:
+        return state.lr
+
+    def end_epoch(self, state: ReduceOnPlateauState, metrics: dict[str, jax.Array]) -> Any:
         rule = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         del rule["metric"]
         return plateau_step(state, metrics[self.metric], **rule)

@@ -9,6 +9,7 @@ biases), so a jopt recipe and the same torch script start from the same distribu
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -17,10 +18,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jopt.train import names
+
 __all__ = [
     "ACTIVATIONS",
     "INITS",
     "MLP",
+    "MLPFactory",
     "apply",
     "cross_entropy",
     "l2_penalty",
@@ -64,14 +68,7 @@ def _initializers(name: str, fan_in: int) -> tuple[Callable[..., Any], Callable[
     return table[name], zeros
 
 
-INITS = (
-    "torch",
-    "lecun_normal",
-    "xavier_uniform",
-    "xavier_normal",
-    "kaiming_uniform",
-    "kaiming_normal",
-)
+INITS = names.INITS
 
 
 class MLP(nnx.Module):
@@ -111,6 +108,22 @@ class MLP(nnx.Module):
         for layer in self.layers[:-1]:
             x = act(layer(x))
         return self.layers[-1](x)
+
+
+@dataclasses.dataclass(frozen=True)
+class MLPFactory:
+    """``MLPFactory(4, (16,), 3)(rngs)`` is ``MLP(4, (16,), 3, rngs=rngs)``: a model factory
+    equal to another with the same arguments, so programs compiled for one serve the other."""
+
+    in_features: int = 4
+    hidden: tuple[int, ...] = (16,)
+    out_features: int = 3
+    activation: str = "relu"
+    init: str = "torch"
+
+    def __call__(self, rngs: nnx.Rngs) -> MLP:
+        return MLP(self.in_features, self.hidden, self.out_features, self.activation,
+                   self.init, rngs=rngs)
 
 
 def split_params(model: nnx.Module) -> tuple[nnx.GraphDef, dict[str, Any]]:

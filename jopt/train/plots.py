@@ -31,6 +31,8 @@ def check_writable(path: str | os.PathLike[str]) -> Path:
     if path.is_dir():
         raise OSError(f"plot path {str(path)!r} is a directory")
     parent = path.parent if str(path.parent) else Path(".")
+    if parent.exists() and not parent.is_dir():
+        raise OSError(f"cannot write plot {str(path)!r}: {str(parent)!r} is not a directory")
     if not parent.is_dir():
         raise OSError(f"cannot write plot {str(path)!r}: directory {str(parent)!r} does not exist")
     try:

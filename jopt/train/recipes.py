@@ -1,9 +1,9 @@
 """The named optimizers and learning-rate schedules of the Iris recipe (and of the CLI).
 
 Optimizers are jopt's, under ``jopt.inject_hyperparams`` so the learning rate is data the
-trainer can read, schedule and sweep. Each has a learning rate that trains the 4-16-3 MLP on
-Iris well in 100 epochs of batch 16 (torch's own defaults, 1e-3 for SGD and Adam, are tuned
-for other problems and leave Iris half-trained).
+trainer can read, schedule and sweep. Their names, the learning rate with which each trains
+the 4-16-3 MLP on Iris and torch's weight decays are in :mod:`jopt.train.names`, which the
+command line reads without importing JAX.
 
 Schedules count **epochs**, as a torch script that calls ``scheduler.step()`` once per epoch
 does: the rate is constant within an epoch and follows torch's closed form at epoch
@@ -14,8 +14,6 @@ torch's documentation steps once per batch, over ``epochs * steps_per_epoch`` st
 
 from __future__ import annotations
 
-import difflib
-import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -25,17 +23,10 @@ import optax
 import jopt
 from jopt import schedules as S
 from jopt.core import GradientTransformation, inject_hyperparams
-from jopt.train.lr import LrSchedule, Plateau
+from jopt.train import names
+from jopt.train.lr import LrControl, Plateau, Scheduled
 
-__all__ = [
-    "DEFAULT_LR",
-    "OPTIMIZERS",
-    "SCHEDULES",
-    "make_lr_schedule",
-    "make_optimizer",
-    "muon_with_adamw",
-    "suggest",
-]
+__all__ = ["OPTIMIZERS", "make_lr_control", "make_optimizer", "muon_with_adamw"]
 
 
 def muon_with_adamw(
@@ -71,41 +62,8 @@ OPTIMIZERS: dict[str, Callable[..., GradientTransformation]] = {
     "sparse_adam": jopt.sparse_adam,
 }
 
-DEFAULT_LR: dict[str, float] = {
-    "sgd": 0.1,
-    "momentum": 0.05,
-    "rmsprop": 0.01,
-    "adam": 0.01,
-    "adamw": 0.01,
-    "adagrad": 0.1,
-    "adadelta": 1.0,
-    "adamax": 0.02,
-    "nadam": 0.01,
-    "radam": 0.01,
-    "rprop": 0.1,
-    "asgd": 0.1,
-    "adafactor": 0.01,
-    "muon": 0.02,
-    "sparse_adam": 0.01,
-}
-
-SCHEDULES = (
-    "none",
-    "step",
-    "multistep",
-    "exponential",
-    "cosine",
-    "onecycle",
-    "plateau",
-    "inverse-sqrt",
-)
-
-
-def suggest(name: str, choices: Any, what: str) -> str:
-    """``unknown optimizer 'adm' (did you mean 'adam'?); choose from ...``."""
-    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return f"unknown {what} {name!r}{hint}; choose from {', '.join(choices)}"
+if tuple(OPTIMIZERS) != names.OPTIMIZERS:  # pragma: no cover - a registry out of step
+    raise ImportError("jopt.train.recipes.OPTIMIZERS and jopt.train.names.OPTIMIZERS differ")
 
 
 def make_optimizer(
@@ -114,16 +72,16 @@ def make_optimizer(
     """``inject_hyperparams(OPTIMIZERS[name])(lr=..., weight_decay=...)`` with the recipe's
     learning rate unless ``lr`` is given, and torch's weight decay unless given."""
     if name not in OPTIMIZERS:
-        raise ValueError(suggest(name, OPTIMIZERS, "optimizer"))
-    kwargs: dict[str, Any] = {"lr": DEFAULT_LR[name] if lr is None else lr}
+        raise ValueError(names.suggest(name, OPTIMIZERS, "optimizer"))
+    kwargs: dict[str, Any] = {"lr": names.DEFAULT_LR[name] if lr is None else lr}
     if weight_decay is not None:
-        if "weight_decay" not in inspect.signature(OPTIMIZERS[name]).parameters:
+        if names.WEIGHT_DECAY[name] is None:
             raise ValueError(f"{name} takes no weight_decay")
         kwargs["weight_decay"] = weight_decay
     return inject_hyperparams(OPTIMIZERS[name])(**kwargs)
 
 
-def make_lr_schedule(
+def make_lr_control(
     name: str,
     epochs: int,
     steps_per_epoch: int,
@@ -131,22 +89,22 @@ def make_lr_schedule(
     gamma: float | None = None,
     step_size: int | None = None,
     milestones: tuple[int, ...] | None = None,
-) -> LrSchedule | Plateau | None:
-    """The trainer's ``(base_lr, step) -> lr`` for schedule ``name``, a ``Plateau``, or ``None``.
+) -> LrControl | None:
+    """The trainer's learning-rate control for schedule ``name`` (``None`` for ``"none"``).
 
     Defaults scale with the run: ``step`` divides by 10 every ``epochs // 3`` epochs,
     ``multistep`` at 50% and 75% of the epochs, ``exponential`` by 0.95 per epoch, ``cosine``
     anneals to 0 over all epochs, ``inverse-sqrt`` is ``lr / sqrt(1 + epoch)``.
     """
-    if name not in SCHEDULES:
-        raise ValueError(suggest(name, SCHEDULES, "schedule"))
+    if name not in names.SCHEDULES:
+        raise ValueError(names.suggest(name, names.SCHEDULES, "schedule"))
     spe = steps_per_epoch
 
-    def per_epoch(build: Callable[[Any], Callable[[Any], Any]]) -> LrSchedule:
+    def per_epoch(build: Callable[[Any], Callable[[Any], Any]]) -> Scheduled:
         def lr_at(base_lr: jax.Array, step: jax.Array) -> jax.Array:
             return build(base_lr)(step // spe)
 
-        return lr_at
+        return Scheduled(lr_at)
 
     if name == "none":
         return None
@@ -172,4 +130,4 @@ def make_lr_schedule(
     def one_cycle(base_lr: jax.Array, step: jax.Array) -> jax.Array:
         return S.one_cycle_lr(base_lr, total)(step)
 
-    return one_cycle
+    return Scheduled(one_cycle)

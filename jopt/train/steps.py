@@ -9,10 +9,10 @@ states differs only in data (learning rates, weight decays, seeds), so K runs ar
 ``fit`` and ``sweep`` (in :mod:`jopt.train.loops`) drive it.
 
 Learning rates: an optimizer built with a schedule (``jopt.adam(lr=schedule)``) follows it by
-itself. A ``Trainer`` given ``lr_schedule=(base_lr, step) -> lr`` instead writes the learning
-rate into the optimizer's ``inject_hyperparams`` state before every step, from a base learning
-rate held in the ``TrainState`` — which is what lets a sweep vary the base learning rate of a
-scheduled run, and lets a reduce-on-plateau rule act once per epoch on an epoch's metric.
+itself. A ``Trainer`` given an ``lr_control`` (:mod:`jopt.train.lr`: a schedule of a base rate,
+or a reduce-on-plateau rule) instead writes the learning rate into the optimizer's
+``inject_hyperparams`` state before every step, from a base learning rate held in the
+``TrainState`` — which is what lets a sweep vary the base learning rate of a scheduled run.
 Steps count optimizer updates from 0; a torch-style per-epoch schedule is ``schedule(step //
 steps_per_epoch)`` (see :mod:`jopt.train.recipes`).
 """
@@ -33,8 +33,9 @@ from flax import nnx
 
 from jopt.core import GradientTransformation
 from jopt.train.data import Dataset, batch_indices, epoch_key, num_batches, shuffle_key
-from jopt.train.lr import LrSchedule, Plateau, current_lr, find_hyperparams, set_hyperparams
+from jopt.train.lr import LrControl, Scheduled, current_lr, find_hyperparams, set_hyperparams
 from jopt.train.model import apply, cross_entropy, loss_and_metrics, split_params
+from jopt.train.names import METRICS
 
 __all__ = [
     "TrainState",
@@ -43,7 +44,6 @@ __all__ = [
     "init_model",
     "init_params",
     "make_train_step",
-    "small_program_options",
 ]
 
 
@@ -51,9 +51,9 @@ class TrainState(NamedTuple):
     """Everything a run carries from one epoch to the next; a checkpoint is this tree.
 
     ``key`` is the raw data of the shuffling key (``jax.random.key_data``), ``epoch`` counts
-    finished epochs, ``base_lr`` is the learning rate a ``lr_schedule`` and a plateau rule
-    scale (NaN when the trainer does not control the learning rate), ``plateau`` the plateau
-    rule's state or ``None``.
+    finished epochs, ``base_lr`` is the learning rate the trainer's ``lr_control`` scales (NaN
+    when the trainer does not control the learning rate), ``lr_state`` that control's state
+    (a plateau rule's) or ``None``.
     """
 
     params: Any
@@ -61,7 +61,7 @@ class TrainState(NamedTuple):
     epoch: jax.Array
     key: jax.Array
     base_lr: jax.Array
-    plateau: Any = None
+    lr_state: Any = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -136,34 +136,51 @@ class Trainer:
     """Compiled epochs of one recipe: a model structure, an optimizer and a batching.
 
     The data are arguments of the compiled programs, not constants in them, so a trainer
-    serves any dataset with the shapes it was first called with. ``compiler_options`` go to
-    XLA (default: :func:`small_program_options`). ``run`` is the single run,
-    ``run_batched`` K runs at once (every ``TrainState`` leaf with a leading axis K); both
-    cache one compiled program per number of epochs per call.
+    serves any dataset with ``num_train`` training rows. ``lr_control`` sets the learning rate
+    of every step (a :class:`~jopt.train.lr.LrControl`, or a bare ``(base_lr, step) -> lr``);
+    ``compiler_options`` go to XLA (default: XLA:CPU's legacy emitters, which compile an Iris
+    epoch in about 60% of the time). ``run`` takes one state or K states stacked (every
+    ``TrainState`` leaf with a leading axis K, from :meth:`init_batched`). The trainer owns its
+    compiled programs, one per kind of state and number of epochs per call, for its lifetime.
     """
 
     graphdef: nnx.GraphDef
     optimizer: GradientTransformation
+    _: dataclasses.KW_ONLY
     num_train: int
     batch_size: int = 16
     shuffle: bool = True
     drop_last: bool = False
     l2: float = 0.0
-    lr_schedule: LrSchedule | None = None
-    plateau: Plateau | None = None
+    lr_control: LrControl | Callable[[jax.Array, jax.Array], jax.Array] | None = None
     compiler_options: dict[str, Any] | None = None
     compile_seconds: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.lr_schedule is not None and self.plateau is not None:
-            raise ValueError("give a Trainer an lr_schedule or a plateau rule, not both")
+        if self.lr_control is not None and not isinstance(self.lr_control, LrControl):
+            self.lr_control = Scheduled(self.lr_control)
         self.steps_per_epoch = num_batches(self.num_train, self.batch_size, self.drop_last)
         self._compiled: dict[tuple[str, int], Any] = {}
+        self._param_inits: dict[Any, Any] = {}
         if self.compiler_options is None:
             self.compiler_options = small_program_options()
         options = self.compiler_options
         self._init = jax.jit(self._init_state, compiler_options=options)
         self._init_batched = jax.jit(jax.vmap(self._init_state), compiler_options=options)
+
+    def params_of(self, model_fn: Callable[[nnx.Rngs], nnx.Module], seeds: Any) -> Any:
+        """The parameters of ``model_fn`` from each of ``seeds`` (a leading axis K), each
+        equal to :func:`init_params` of its seed; compiled once per ``model_fn``.
+
+        ``lax.map``, not ``vmap``: K small initialisations in a loop compile like one (a
+        batched random-number generator takes seconds to compile) and run in microseconds.
+        """
+        if model_fn not in self._param_inits:
+            self._param_inits[model_fn] = jax.jit(
+                lambda s: jax.lax.map(lambda one: init_params(model_fn, one), s),
+                compiler_options=self.compiler_options,
+            )
+        return self._param_inits[model_fn](np.asarray(seeds, np.uint32))
 
     # -- state ---------------------------------------------------------------------------
 
@@ -173,15 +190,13 @@ class Trainer:
         opt_state = self.optimizer.init(params)
         if hyperparams:
             opt_state = set_hyperparams(opt_state, **hyperparams)
-        controls_lr = self.lr_schedule is not None or self.plateau is not None
-        base_lr = current_lr(opt_state) if controls_lr else jnp.asarray(jnp.nan, jnp.float32)
-        if controls_lr and find_hyperparams(opt_state) is None:
-            raise ValueError(
-                "lr_schedule and plateau need an optimizer built with jopt.inject_hyperparams"
-            )
-        plateau = None if self.plateau is None else self.plateau.init(base_lr)
+        control = self.lr_control
+        base_lr = current_lr(opt_state) if control else jnp.asarray(jnp.nan, jnp.float32)
+        if control is not None and find_hyperparams(opt_state) is None:
+            raise ValueError("lr_control needs an optimizer built with jopt.inject_hyperparams")
+        lr_state = None if control is None else control.init(base_lr)
         key = jax.random.key_data(shuffle_key(seed))
-        state = TrainState(params, opt_state, jnp.zeros([], jnp.int32), key, base_lr, plateau)
+        state = TrainState(params, opt_state, jnp.zeros([], jnp.int32), key, base_lr, lr_state)
         # Strongly typed leaves: a state restored from a checkpoint has the same types, so it
         # runs in the same compiled program.
         return jax.tree.map(lambda x: jax.lax.convert_element_type(x, x.dtype), state)
@@ -200,11 +215,6 @@ class Trainer:
 
     # -- the epoch -----------------------------------------------------------------------
 
-    def _lr(self, state: TrainState, step: jax.Array) -> jax.Array:
-        if self.plateau is not None:
-            return state.plateau.lr
-        return self.lr_schedule(state.base_lr, step)
-
     def _epoch(self, state: TrainState, data: tuple[jax.Array, ...]) -> tuple[TrainState, Any]:
         x_train, y_train, x_test, y_test = data
         n, steps = x_train.shape[0], self.steps_per_epoch
@@ -212,15 +222,16 @@ class Trainer:
         idx, mask = batch_indices(key, n, self.batch_size, self.shuffle, self.drop_last)
         padded = steps * self.batch_size > n
         first_step = state.epoch * steps
-        controls_lr = self.lr_schedule is not None or self.plateau is not None
+        control = self.lr_control
 
         def step(carry: tuple[Any, Any], batch: tuple[jax.Array, ...]) -> tuple[Any, Any]:
             params, opt_state = carry
             i, rows, keep = batch
             x, y = x_train[rows], y_train[rows]
             m = keep if padded else None
-            if controls_lr:
-                opt_state = set_hyperparams(opt_state, lr=self._lr(state, i))
+            if control is not None:
+                lr = control.lr(state.lr_state, state.base_lr, i)
+                opt_state = set_hyperparams(opt_state, lr=lr)
 
             def objective(p: Any) -> tuple[jax.Array, Any]:
                 return loss_and_metrics(self.graphdef, p, x, y, m, self.l2)
@@ -237,17 +248,16 @@ class Trainer:
         )
         seen = jnp.sum(mask)
         logits = apply(self.graphdef, params, x_test)
-        metrics = {
-            "train_loss": jnp.sum(losses) / seen,
-            "train_accuracy": jnp.sum(correct) / seen,
-            "test_loss": cross_entropy(logits, y_test),
-            "test_accuracy": jnp.mean((jnp.argmax(logits, -1) == y_test).astype(jnp.float32)),
-            "lr": current_lr(opt_state),
-        }
-        plateau = state.plateau
-        if self.plateau is not None:
-            plateau = self.plateau.update(plateau, metrics)
-        new = TrainState(params, opt_state, state.epoch + 1, state.key, state.base_lr, plateau)
+        values = (
+            jnp.sum(losses) / seen,
+            jnp.sum(correct) / seen,
+            cross_entropy(logits, y_test),
+            jnp.mean((jnp.argmax(logits, -1) == y_test).astype(jnp.float32)),
+            current_lr(opt_state),
+        )
+        metrics = dict(zip(METRICS, values, strict=True))
+        lr_state = state.lr_state if control is None else control.end_epoch(state.lr_state, metrics)
+        new = TrainState(params, opt_state, state.epoch + 1, state.key, state.base_lr, lr_state)
         return new, metrics
 
     def _run(self, state: TrainState, data: tuple[jax.Array, ...], epochs: int) -> Any:

@@ -1,0 +1,73 @@
+"""What every command does before training: check the output paths, start the compilation
+cache and its counters, load the data and check the recipe against it."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from jopt.cli.flags import UsageError
+
+__all__ = ["Setup", "check_optimizer", "load_data", "start"]
+
+
+@dataclasses.dataclass
+class Setup:
+    """The persistent cache's directory (``None`` when off) and the compile counter."""
+
+    cache: Path | None
+    counter: Any
+
+    def report(self) -> dict[str, Any]:
+        """Compilation seconds, programs compiled and cache hits since :func:`start`."""
+        stats = self.counter.stop()
+        return {
+            "compile_seconds": stats.seconds,
+            "xla_compile_seconds": stats.compile_seconds,
+            "programs_compiled": stats.cache_misses if self.cache else stats.programs,
+            "cache_hits": stats.cache_hits,
+            "cache_dir": str(self.cache) if self.cache else None,
+        }
+
+
+def start(args: argparse.Namespace) -> Setup:
+    """Checks needing no JAX (a writable ``--plot``), then the compilation cache and counter."""
+    if args.plot is not None:
+        from jopt.train.plots import check_writable
+
+        try:
+            check_writable(args.plot)
+        except OSError as e:
+            raise UsageError(str(e)) from None
+    from jopt.train.cache import CompileCounter, enable_compile_cache
+
+    cache = None if args.no_cache else enable_compile_cache()
+    return Setup(cache, CompileCounter().start())
+
+
+def load_data(config: Any) -> Any:
+    """The configuration's Iris split; its test size and batch size checked against it."""
+    from jopt.train.data import load_iris
+
+    try:
+        data = load_iris(config.test_size, config.split_seed)
+    except ValueError as e:
+        raise UsageError(f"--test-size: {e}") from None
+    n = len(data.x_train)
+    if config.batch_size > n:
+        raise UsageError(
+            f"--batch-size {config.batch_size} is larger than the training set ({n} rows)"
+        )
+    return data
+
+
+def check_optimizer(config: Any) -> None:
+    """The optimizer's own checks (torch's messages) as usage errors."""
+    from jopt.train.recipes import make_optimizer
+
+    try:
+        make_optimizer(config.optimizer, config.lr, config.weight_decay)
+    except ValueError as e:
+        raise UsageError(f"{config.optimizer}: {e}") from None

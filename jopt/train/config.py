@@ -1,0 +1,182 @@
+"""``RunConfig``: every choice of an Iris run, each field declaring its own command-line flag.
+
+A field is made with :func:`setting`: its default, its help text, and a parser that turns the
+flag's text into the value or raises ``ValueError`` with the message the user sees. The command
+line (:mod:`jopt.cli.flags`) generates its flags from these fields, so a new setting is one
+field here. :meth:`RunConfig.check` holds the checks that involve several fields. Like
+:mod:`jopt.train.names`, this module imports no JAX.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from jopt.train.names import (
+    ACTIVATIONS,
+    DEFAULT_LR,
+    INITS,
+    OPTIMIZERS,
+    SCHEDULES,
+    WEIGHT_DECAY,
+    suggest,
+)
+
+__all__ = ["RunConfig", "Setting", "choice", "integers", "number", "setting"]
+
+Parse = Callable[[str], Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """What a config field declares for the command line: help, parser, metavar; a ``bool``
+    field is a switch (``--drop-last``) and needs no parser."""
+
+    help: str
+    parse: Parse | None = None
+    metavar: str | None = None
+
+
+def setting(default: Any, help: str, parse: Parse | None = None, metavar: str | None = None) -> Any:
+    """A config field with its flag: ``lr: float | None = setting(None, "learning rate", ...)``."""
+    return dataclasses.field(default=default, metadata={"setting": Setting(help, parse, metavar)})
+
+
+def choice(choices: Sequence[str], what: str) -> Parse:
+    """One of ``choices`` (``-`` and ``_`` alike), else ``unknown {what} ... (did you mean``."""
+
+    def parse(text: str) -> str:
+        name = text.strip().lower()
+        for candidate in (name, name.replace("_", "-"), name.replace("-", "_")):
+            if candidate in choices:
+                return candidate
+        raise ValueError(suggest(text, choices, what))
+
+    return parse
+
+
+def number(kind: type, minimum: float | None = None, strict: bool = False) -> Parse:
+    """An ``int`` or a finite ``float``, at least (``strict``: above) ``minimum``."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            noun = "an integer" if kind is int else "a number"
+            raise ValueError(f"must be {noun}, got {text!r}") from None
+        if kind is float and not math.isfinite(value):
+            raise ValueError(f"must be finite, got {text!r}")
+        if minimum is not None and (value <= minimum if strict else value < minimum):
+            if minimum == 0:
+                bound = "positive" if strict else "non-negative"
+            else:
+                bound = f"> {minimum}" if strict else f">= {minimum}"
+            raise ValueError(f"must be {bound}, got {text}")
+        return value
+
+    return parse
+
+
+def integers(text: str) -> tuple[int, ...]:
+    """Comma-separated positive integers: ``16,16``."""
+    parts = [p for p in text.replace(" ", ",").split(",") if p]
+    try:
+        values = tuple(int(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"must be comma-separated integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise ValueError(f"must be positive integers, got {text!r}")
+    return values
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """The recipe: ``RunConfig()`` is the default Iris run (Adam, 100 epochs, batch 16)."""
+
+    optimizer: str = setting(
+        "adam", ", ".join(OPTIMIZERS) + " (default adam)", choice(OPTIMIZERS, "optimizer"), "NAME"
+    )
+    lr: float | None = setting(
+        None, "learning rate (default: the recipe's for the optimizer)", number(float, 0.0)
+    )
+    weight_decay: float | None = setting(
+        None, "the optimizer's weight_decay (default: torch's for the optimizer)",
+        number(float, 0.0),
+    )
+    schedule: str = setting(
+        "none",
+        "learning-rate schedule, counted in epochs (onecycle: in steps): " + ", ".join(SCHEDULES),
+        choice(SCHEDULES, "schedule"),
+        "NAME",
+    )
+    gamma: float | None = setting(
+        None, "decay factor of step/multistep/exponential/plateau", number(float, 0.0, True)
+    )
+    step_size: int | None = setting(
+        None, "epochs between decays of 'step' (default epochs // 3)", number(int, 0, True)
+    )
+    milestones: tuple[int, ...] | None = setting(
+        None, "epochs of the decays of 'multistep' (default 50%%,75%% of epochs)", integers,
+        "EPOCHS",
+    )
+    epochs: int = setting(100, "training epochs (default 100)", number(int, 0, True))
+    batch_size: int = setting(
+        16, "mini-batch size, 1..training rows (default 16)", number(int, 0, True)
+    )
+    drop_last: bool = setting(False, "drop the short last batch")
+    l2: float = setting(
+        1e-3, "L2 penalty l2/2*|W|^2 on the weight matrices in the loss (default 1e-3)",
+        number(float, 0.0),
+    )
+    hidden: tuple[int, ...] = setting(
+        (16,), "hidden layer sizes, comma-separated (default 16)", integers, "SIZES"
+    )
+    activation: str = setting(
+        "relu", ", ".join(ACTIVATIONS) + " (default relu)", choice(ACTIVATIONS, "activation"),
+        "NAME",
+    )
+    init: str = setting(
+        "torch", "initialisation: " + ", ".join(INITS) + " (default torch, nn.Linear's)",
+        choice(INITS, "init"), "NAME",
+    )
+    seed: int = setting(0, "seed of the initialisation and the shuffling", number(int, 0))
+    split_seed: int = setting(0, "seed of the train/test split", number(int, 0))
+    test_size: float = setting(
+        0.2, "fraction of rows held out for testing (default 0.2)", number(float, 0.0, True)
+    )
+
+    def check(self) -> None:
+        """The checks between fields (each field's own are its parser's): ``ValueError``."""
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(suggest(self.optimizer, OPTIMIZERS, "optimizer"))
+        if self.schedule not in SCHEDULES:
+            raise ValueError(suggest(self.schedule, SCHEDULES, "schedule"))
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(suggest(self.activation, ACTIVATIONS, "activation"))
+        if self.init not in INITS:
+            raise ValueError(suggest(self.init, INITS, "init"))
+        if self.weight_decay is not None and WEIGHT_DECAY[self.optimizer] is None:
+            raise ValueError(f"{self.optimizer} takes no weight_decay")
+        if self.schedule == "plateau" and self.gamma is not None and self.gamma >= 1:
+            raise ValueError(f"gamma of the plateau schedule must be below 1, got {self.gamma}")
+
+    @property
+    def base_lr(self) -> float:
+        """The learning rate the run starts from: ``lr``, else the recipe's."""
+        return DEFAULT_LR[self.optimizer] if self.lr is None else self.lr
+
+    @property
+    def decay(self) -> float | None:
+        """The weight decay the run uses: ``weight_decay``, else torch's default for the
+        optimizer (``None`` for one that takes none)."""
+        return WEIGHT_DECAY[self.optimizer] if self.weight_decay is None else self.weight_decay
+
+    def as_record(self) -> dict[str, Any]:
+        """JSON-ready: what a checkpoint must agree with to be resumed."""
+        record = dataclasses.asdict(self)
+        for key in ("hidden", "milestones"):
+            if record[key] is not None:
+                record[key] = list(record[key])
+        return record
