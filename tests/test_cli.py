@@ -95,7 +95,8 @@ def test_checkpoint_flags(capsys, tmp_path):
     assert main(args + ["--resume", "--lr", "0.3"]) == 2
     err = capsys.readouterr()[1]
     assert "different run: lr" in err and err.count("\n") == 1
-    assert sorted(os.listdir(ckpt)) == ["100", "80"]
+    assert sorted(p for p in os.listdir(ckpt) if not p.startswith(".")) == [
+        "epoch_100", "epoch_80"]
 
 
 BAD = [

@@ -7,7 +7,7 @@ import dataclasses
 from typing import Any
 
 from jopt.cli.flags import add_config, add_output, config_of, optimizer_list
-from jopt.cli.output import emit_json, fmt, make_console, progress_bar, write_plot
+from jopt.cli.output import finish, fmt, make_console, progress_bar
 from jopt.cli.setup import check_optimizer, load_data, start
 
 
@@ -69,12 +69,10 @@ def run(args: argparse.Namespace) -> int:
                       fmt(summary["final_test_loss"]), f"{summary['test_accuracy']:.3f}",
                       f"{result.train_seconds:.3f}")
     console.print(table)
-    if args.plot:
-        from jopt.train.plots import plot_compare
+    from jopt.train.plots import plot_compare
 
-        histories = {c.optimizer: r.history for c, r in zip(configs, results)}
-        write_plot(lambda: plot_compare(histories, args.plot, title="Iris"), args.plot, console)
-    if args.json:
-        emit_json({"command": "compare", "results": summaries, **report,
-                   "config": dataclasses.asdict(base) | {"optimizer": list(args.optimizers)}})
-    return 0
+    histories = {c.optimizer: r.history for c, r in zip(configs, results)}
+    summary = {"command": "compare", "results": summaries, **report,
+               "config": dataclasses.asdict(base) | {"optimizer": list(args.optimizers)}}
+    return finish(args, console, summary,
+                  lambda path: plot_compare(histories, path, title="Iris"))

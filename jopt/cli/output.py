@@ -11,8 +11,7 @@ from typing import Any
 
 from jopt.cli.flags import UsageError
 
-__all__ = ["clean", "emit_json", "epoch_table", "fmt", "make_console", "progress_bar",
-           "write_plot"]
+__all__ = ["clean", "emit_json", "epoch_table", "finish", "fmt", "make_console", "progress_bar"]
 
 
 def make_console(args: argparse.Namespace) -> Any:
@@ -82,9 +81,22 @@ def progress_bar(console: Any, label: str) -> Any:
     )
 
 
-def write_plot(draw: Callable[[], Any], path: str, console: Any) -> None:
-    try:
-        draw()
-    except OSError as e:
-        raise UsageError(f"cannot write plot {path!r}: {e.strerror or e}") from None
-    console.print(f"wrote {path}")
+def finish(
+    args: argparse.Namespace, console: Any, summary: dict[str, Any], draw: Callable[[str], Any]
+) -> int:
+    """Draw ``--plot`` with ``draw(path)``, then print ``--json``'s ``summary``: a plot that
+    cannot be written still leaves the run's numbers on stdout (``plot_error``), then exits 2
+    with its one line."""
+    failed = None
+    if args.plot:
+        try:
+            draw(args.plot)
+            console.print(f"wrote {args.plot}")
+        except OSError as e:
+            failed = f"cannot write plot {args.plot!r}: {e.strerror or e}"
+            summary["plot_error"] = failed
+    if args.json:
+        emit_json(summary)
+    if failed is not None:
+        raise UsageError(failed)
+    return 0

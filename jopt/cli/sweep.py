@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from jopt.cli.flags import UsageError, add_config, add_output, config_of, positive
-from jopt.cli.output import emit_json, fmt, make_console, write_plot
+from jopt.cli.flags import UsageError, add_config, add_output, config_of, positive, typed
+from jopt.cli.output import finish, fmt, make_console
 from jopt.cli.setup import check_optimizer, load_data, start
+from jopt.train.config import number
+
+MAX_RUNS = 1 << 16
 
 
 def add(sub: Any) -> None:
@@ -17,8 +20,9 @@ def add(sub: Any) -> None:
                    help="smallest learning rate (default 1e-4)")
     p.add_argument("--lr-max", type=positive(float, "--lr-max"), default=1.0,
                    help="largest learning rate (default 1)")
-    p.add_argument("--runs", type=positive(int, "--runs"), default=256,
-                   help="learning rates, log-spaced (default 256)")
+    p.add_argument("--runs", type=typed(number(int, 0, True, maximum=MAX_RUNS), "--runs"),
+                   default=256,
+                   help=f"learning rates, log-spaced (default 256, at most {MAX_RUNS})")
     p.add_argument("--vary-seed", action="store_true",
                    help="give run k the seed --seed + k (default: all runs share --seed)")
     add_config(p, skip=["lr"])
@@ -46,8 +50,7 @@ def run(args: argparse.Namespace) -> int:
     lrs = np.geomspace(args.lr_min, args.lr_max, args.runs)
     seeds = config.seed + np.arange(args.runs) if args.vary_seed else config.seed
     steps = num_batches(len(data.x_train), config.batch_size, config.drop_last)
-    control = make_lr_control(config.schedule, config.epochs, steps, gamma=config.gamma,
-                              step_size=config.step_size, milestones=config.milestones)
+    control = make_lr_control(config, steps)
     with console.status(f"training {args.runs} runs of {config.optimizer}"):
         result = sweep(
             OPTIMIZERS[config.optimizer],
@@ -80,25 +83,22 @@ def run(args: argparse.Namespace) -> int:
         f"{result.train_seconds:.3f} s ({rate}) after {report['compile_seconds']:.2f} s of "
         "compilation"
     )
-    if args.plot:
-        from jopt.train.plots import plot_sweep
+    from jopt.train.plots import plot_sweep
 
-        title = f"{config.optimizer}, {config.epochs} epochs, batch {config.batch_size}"
-        write_plot(lambda: plot_sweep(lrs, acc, loss, args.plot, title), args.plot, console)
-    if args.json:
-        emit_json({
-            "command": "sweep",
-            "optimizer": config.optimizer,
-            "runs": args.runs,
-            "epochs": config.epochs,
-            "seconds": result.train_seconds,
-            "runs_per_second": runs_per_second,
-            **report,
-            "best_lr": float(lrs[best]),
-            "best_test_accuracy": float(acc[best]),
-            "best_test_loss": float(loss[best]),
-            "lrs": lrs.tolist(),
-            "test_accuracy": acc.tolist(),
-            "test_loss": loss.tolist(),
-        })
-    return 0
+    title = f"{config.optimizer}, {config.epochs} epochs, batch {config.batch_size}"
+    summary = {
+        "command": "sweep",
+        "optimizer": config.optimizer,
+        "runs": args.runs,
+        "epochs": config.epochs,
+        "seconds": result.train_seconds,
+        "runs_per_second": runs_per_second,
+        **report,
+        "best_lr": float(lrs[best]),
+        "best_test_accuracy": float(acc[best]),
+        "best_test_loss": float(loss[best]),
+        "lrs": lrs.tolist(),
+        "test_accuracy": acc.tolist(),
+        "test_loss": loss.tolist(),
+    }
+    return finish(args, console, summary, lambda path: plot_sweep(lrs, acc, loss, path, title))

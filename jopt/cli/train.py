@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from jopt.cli.flags import UsageError, add_config, add_output, config_of, positive
-from jopt.cli.output import emit_json, epoch_table, fmt, make_console, progress_bar, write_plot
+from jopt.cli.output import epoch_table, finish, fmt, make_console, progress_bar
 from jopt.cli.setup import check_optimizer, load_data, start
 
 
@@ -16,7 +16,9 @@ def add(sub: Any) -> None:
     add_config(p)
     add_output(p)
     p.add_argument("--checkpoint-dir", default=None, metavar="DIR",
-                   help="save checkpoints here (orbax)")
+                   help="save checkpoints here (orbax), as folders epoch_<N>; jopt deletes or "
+                        "replaces only the epoch_<N> folders it wrote, nothing else in DIR, and "
+                        "refuses a DIR another run is writing")
     p.add_argument("--checkpoint-every", type=positive(int, "--checkpoint-every"), default=25,
                    help="epochs between checkpoints (default 25; and the last)")
     p.add_argument("--keep", type=positive(int, "--keep"), default=3,
@@ -44,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.checkpoint_dir is not None:
             checkpoints = Checkpoints(args.checkpoint_dir, keep=args.keep)
-            check_checkpoints(checkpoints, config, args.resume)  # before compiling anything
+            check_checkpoints(checkpoints, config, args.resume)  # before the progress bar
         progress = progress_bar(console, f"{config.optimizer} lr={config.base_lr:g}")
         with progress:
             task = progress.add_task("train", total=config.epochs, status="")
@@ -62,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
     except CheckpointError as e:
         raise UsageError(str(e)) from None
     report = setup.report()
+    for note in result.notes:
+        console.print(f"jopt train: {note}", style="yellow")
     first = result.resumed_from or 0
     title = (f"{config.optimizer}, lr {config.base_lr:g}, schedule {config.schedule}, "
              f"batch {config.batch_size}")
@@ -89,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
         **report,
         "resumed_from": result.resumed_from,
         "checkpoints": result.checkpoints,
+        "notes": result.notes,
         "plot": args.plot,
         "history": result.history,
     }
@@ -98,13 +103,9 @@ def run(args: argparse.Namespace) -> int:
         f"after {report['compile_seconds']:.2f} s of compilation"
         + (f" ({report['cache_hits']} programs from the cache)" if report["cache_hits"] else "")
     )
-    if args.plot:
-        from jopt.train.plots import plot_history
+    from jopt.train.plots import plot_history
 
-        write_plot(lambda: plot_history(result.history, args.plot, title), args.plot, console)
-    if args.json:
-        emit_json(summary)
-    return 0
+    return finish(args, console, summary, lambda path: plot_history(result.history, path, title))
 
 
 def result_steps(data: Any, config: Any) -> int:

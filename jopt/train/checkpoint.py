@@ -1,33 +1,52 @@
-"""Checkpoints of a ``TrainState`` with orbax-checkpoint: atomic, the last N kept, checked.
+"""Checkpoints of a ``TrainState`` with orbax-checkpoint: atomic, locked, the last N kept, checked.
 
-A checkpoint is a directory named by the number of finished epochs, holding the state's leaves
+A checkpoint is a folder ``epoch_<N>`` (``N`` finished epochs) holding the state's leaves
 (orbax's array format) and a JSON record: the run's configuration, the history so far, and the
 path, shape and dtype of every leaf. orbax writes each checkpoint under a temporary name and
-renames it when complete, so a crash never leaves a half-written checkpoint under a real name;
-``keep`` bounds how many stay.
+renames it when complete, so a crash never leaves a half-written checkpoint under a real name.
+
+Nothing but jopt's own checkpoints is ever deleted or overwritten: ``keep`` removes the oldest
+folders that are named ``epoch_<N>`` *and* hold a readable jopt record; any other file or folder
+in the directory (``runs/1``, a user's notes) is left alone, and a folder of that name that is
+not a jopt checkpoint is refused rather than replaced. One writer at a time: a run holds an OS
+lock on ``<directory>/.jopt-lock`` while it writes, released when it ends or dies, so a second
+run on the same directory is refused at once and a killed run never blocks a later one.
 
 Restoring checks the record against the run that asks for it before reading any array: a
 different configuration, or a state of another shape, is a ``CheckpointError`` naming the first
-difference; an unreadable checkpoint is a ``CheckpointError`` too. Nothing on disk is changed
-by a failed restore.
+difference; an unreadable checkpoint is an ``UnreadableCheckpoint`` (a ``CheckpointError``).
+:meth:`Checkpoints.restore_latest` falls back from unreadable checkpoints to the newest good
+one and says which it skipped. Nothing on disk is changed by a restore.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import os
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 
-__all__ = ["CheckpointError", "Checkpoints"]
+__all__ = ["CheckpointError", "Checkpoints", "UnreadableCheckpoint"]
 
 FORMAT = "jopt.train/1"
+PREFIX = "epoch_"
+LOCK = ".jopt-lock"
+DIGEST = "jopt-digest.json"
 
 
 class CheckpointError(Exception):
-    """A checkpoint that cannot be used: unreadable, or written by a different run."""
+    """A checkpoint that cannot be used or written: unreadable, of a different run, in use."""
+
+
+class UnreadableCheckpoint(CheckpointError):
+    """A checkpoint whose files cannot be read back as they were written."""
 
 
 def _leaves(tree: Any) -> tuple[list[str], list[Any]]:
@@ -48,29 +67,34 @@ class Checkpoints:
     def __init__(self, directory: str | os.PathLike[str], keep: int = 3) -> None:
         if keep < 1:
             raise ValueError(f"keep must be at least 1, got {keep}")
+        if not str(directory).strip():
+            raise CheckpointError("the checkpoint directory must not be empty")
         self.directory = Path(directory).absolute()
         self.keep = keep
-        self._manager: Any = None
+        self._lock: Any = None
+        self._checkpointer: Any = None
 
-    def _open(self) -> Any:
-        if self._manager is None:
-            import orbax.checkpoint as ocp  # slow to import: only when checkpoints are used
+    # -- what is there ----------------------------------------------------------------------
 
-            self._ocp = ocp
-            options = ocp.CheckpointManagerOptions(
-                max_to_keep=self.keep, create=True, enable_async_checkpointing=False
-            )
-            self._manager = ocp.CheckpointManager(self.directory, options=options)
-        return self._manager
+    def path(self, epoch: int) -> Path:
+        return self.directory / f"{PREFIX}{epoch}"
 
     def epochs(self) -> list[int]:
-        """The finished checkpoints, oldest first (temporary, unfinished ones are not listed)."""
+        """The finished checkpoints, oldest first: ``epoch_<N>`` folders that orbax marked
+        complete and jopt sealed with the digest of their files (temporary, unfinished writes
+        are not listed)."""
         if not self.directory.is_dir():
             return []
         found = []
         for entry in self.directory.iterdir():
-            if entry.name.isdigit() and (entry / "_CHECKPOINT_METADATA").exists():
-                found.append(int(entry.name))
+            number = entry.name.removeprefix(PREFIX)
+            if (
+                entry.name.startswith(PREFIX)
+                and number.isdigit()
+                and (entry / "_CHECKPOINT_METADATA").exists()
+                and (entry / DIGEST).exists()
+            ):
+                found.append(int(number))
         return sorted(found)
 
     def latest(self) -> int | None:
@@ -78,11 +102,78 @@ class Checkpoints:
         found = self.epochs()
         return found[-1] if found else None
 
+    def _ours(self, path: Path) -> bool:
+        """Whether ``path`` holds a record jopt wrote (what jopt may delete or replace)."""
+        try:
+            record = json.loads((path / "record" / "metadata").read_text())
+        except (OSError, ValueError):
+            return False
+        return isinstance(record, dict) and record.get("format") == FORMAT
+
+    # -- one writer ---------------------------------------------------------------------------
+
+    def check_writable(self) -> None:
+        """Refuse, before any training, a directory that cannot hold checkpoints: a file, a
+        path under a file, an unwritable place. Creates the directory."""
+        if self.directory.exists() and not self.directory.is_dir():
+            raise CheckpointError(f"checkpoint directory {self.directory} is a file")
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            probe = self.directory / f".jopt-probe-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise CheckpointError(
+                f"cannot write checkpoints in {self.directory}: {e.strerror or e}"
+            ) from None
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold the directory's lock: a second writer gets a ``CheckpointError`` at once."""
+        if self._lock is not None:  # held already, by this object
+            yield
+            return
+        import fcntl
+
+        self.check_writable()
+        handle = open(self.directory / LOCK, "a+")  # noqa: SIM115 - held for the block
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise CheckpointError(
+                f"checkpoint directory {self.directory} is in use by another run (pid {holder})"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._lock = handle
+        try:
+            yield
+        finally:
+            self._lock = None
+            handle.close()  # releases the lock
+
+    # -- write --------------------------------------------------------------------------------
+
+    def _orbax(self) -> Any:
+        if self._checkpointer is None:
+            import orbax.checkpoint as ocp  # slow to import: only when checkpoints are used
+
+            self._ocp = ocp
+            self._checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+        return self._checkpointer
+
     def save(self, state: Any, config: dict[str, Any], history: dict[str, list[float]]) -> Path:
-        """Write ``state`` (a ``TrainState``) as the checkpoint of epoch ``state.epoch``."""
-        manager = self._open()
+        """Write ``state`` (a ``TrainState``) as the checkpoint of epoch ``state.epoch``, then
+        delete jopt's oldest checkpoints beyond ``keep``."""
+        checkpointer = self._orbax()
         ocp = self._ocp
         epoch = int(state.epoch)
+        path = self.path(epoch)
         paths, leaves = _leaves(state)
         record = {
             "format": FORMAT,
@@ -92,15 +183,36 @@ class Checkpoints:
             "leaves": [[p, *_describe(x)] for p, x in zip(paths, leaves)],
         }
         arrays = {f"{i:04d}": np.asarray(x) for i, x in enumerate(leaves)}
-        manager.save(
-            epoch,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(arrays), record=ocp.args.JsonSave(record)
-            ),
-            force=True,
-        )
-        manager.wait_until_finished()
-        return self.directory / str(epoch)
+        with self.writing():
+            if path.exists() and not self._ours(path):
+                raise CheckpointError(
+                    f"{path} exists and is not a jopt checkpoint: it is left as it is; "
+                    "choose another directory"
+                )
+            try:
+                checkpointer.save(
+                    path,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardSave(arrays), record=ocp.args.JsonSave(record)
+                    ),
+                    force=True,
+                )
+                _seal(path)
+            except OSError as e:
+                reason = e.strerror or e
+                raise CheckpointError(f"cannot write checkpoint {path}: {reason}") from None
+            self._prune()
+        return path
+
+    def _prune(self) -> None:
+        ours = [e for e in self.epochs() if self._ours(self.path(e))]
+        for epoch in ours[: max(len(ours) - self.keep, 0)]:
+            doomed = self.path(epoch)
+            aside = self.directory / f".{doomed.name}.deleting-{os.getpid()}"
+            doomed.rename(aside)  # atomic: never a half-deleted checkpoint under its name
+            shutil.rmtree(aside, ignore_errors=True)
+
+    # -- read ---------------------------------------------------------------------------------
 
     def record(self, config: dict[str, Any], epoch: int | None = None) -> dict[str, Any]:
         """The JSON record of the checkpoint at ``epoch`` (the latest by default), checked
@@ -108,17 +220,21 @@ class Checkpoints:
         epoch = self.latest() if epoch is None else epoch
         if epoch is None:
             raise CheckpointError(f"no checkpoint in {self.directory}")
-        where = self.directory / str(epoch)
-        manager = self._open()
-        ocp = self._ocp
+        where = self.path(epoch)
+        _verify(where)
+        checkpointer = self._orbax()
         try:
-            record = manager.restore(
-                epoch, args=ocp.args.Composite(record=ocp.args.JsonRestore())
+            record = checkpointer.restore(
+                where, args=self._ocp.args.Composite(record=self._ocp.args.JsonRestore())
             )["record"]
         except Exception as e:  # orbax raises many kinds; all mean "unreadable"
-            raise CheckpointError(f"cannot read checkpoint {where}: {_reason(e)}") from None
+            raise UnreadableCheckpoint(f"cannot read checkpoint {where}: {_reason(e)}") from None
         if not isinstance(record, dict) or record.get("format") != FORMAT:
-            raise CheckpointError(f"{where} is not a jopt training checkpoint")
+            raise UnreadableCheckpoint(f"{where} is not a jopt training checkpoint")
+        if record.get("epoch") != epoch:
+            raise UnreadableCheckpoint(
+                f"checkpoint {where} holds the record of epoch {record.get('epoch')!r}"
+            )
         _check_config(record.get("config", {}), config, where)
         return record
 
@@ -131,20 +247,10 @@ class Checkpoints:
         checkpoint must hold); ``config`` must equal the saved configuration.
         """
         epoch = self.latest() if epoch is None else epoch
-        where = self.directory / str(epoch)
         if epoch is None:
             raise CheckpointError(f"no checkpoint in {self.directory}")
-        manager = self._open()
-        ocp = self._ocp
-        try:
-            record = manager.restore(epoch, args=ocp.args.Composite(record=ocp.args.JsonRestore()))[
-                "record"
-            ]
-        except Exception as e:  # orbax raises many kinds; all mean "unreadable"
-            raise CheckpointError(f"cannot read checkpoint {where}: {_reason(e)}") from None
-        if not isinstance(record, dict) or record.get("format") != FORMAT:
-            raise CheckpointError(f"{where} is not a jopt training checkpoint")
-        _check_config(record.get("config", {}), config, where)
+        where = self.path(epoch)
+        record = self.record(config, epoch)
         paths, leaves = _leaves(like)
         want = [[p, *_describe(x)] for p, x in zip(paths, leaves)]
         if record.get("leaves") != want:
@@ -156,15 +262,73 @@ class Checkpoints:
             f"{i:04d}": jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype)
             for i, x in enumerate(leaves)
         }
+        ocp = self._ocp
         try:
-            arrays = manager.restore(
-                epoch, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+            arrays = self._orbax().restore(
+                where, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
             )["state"]
         except Exception as e:
-            raise CheckpointError(f"cannot read checkpoint {where}: {_reason(e)}") from None
+            raise UnreadableCheckpoint(f"cannot read checkpoint {where}: {_reason(e)}") from None
         treedef = jax.tree.structure(like)
         state = jax.tree.unflatten(treedef, [arrays[f"{i:04d}"] for i in range(len(leaves))])
+        saved_epoch = int(np.asarray(getattr(state, "epoch", epoch)))
+        if saved_epoch != epoch:
+            raise UnreadableCheckpoint(
+                f"checkpoint {where} holds the state of epoch {saved_epoch}"
+            )
         return state, record
+
+    def restore_latest(
+        self, like: Any, config: dict[str, Any]
+    ) -> tuple[Any, dict[str, Any], list[str]]:
+        """The newest checkpoint that reads back, its record, and a line for each newer one
+        skipped as unreadable. A checkpoint of a different run is not skipped but refused."""
+        skipped: list[str] = []
+        for epoch in reversed(self.epochs()):
+            try:
+                state, record = self.restore(like, config, epoch)
+            except UnreadableCheckpoint as e:
+                skipped.append(f"skipped {e}")
+                continue
+            return state, record, skipped
+        raise UnreadableCheckpoint(
+            f"no readable checkpoint in {self.directory}" + (f" ({skipped[0]})" if skipped else "")
+        )
+
+
+def _digests(path: Path) -> dict[str, str]:
+    """The SHA-256 of every file under ``path`` but the digest itself, by relative path."""
+    found = {}
+    for file in sorted(path.rglob("*")):
+        if file.is_file() and file.name != DIGEST:
+            found[str(file.relative_to(path))] = hashlib.sha256(file.read_bytes()).hexdigest()
+    return found
+
+
+def _seal(path: Path) -> None:
+    """Write the digest of a checkpoint orbax has finished: written last, and atomically, so
+    a checkpoint without one is unfinished and never listed."""
+    temporary = path / f".{DIGEST}.tmp"
+    temporary.write_text(json.dumps(_digests(path)))
+    os.replace(temporary, path / DIGEST)
+
+
+def _verify(path: Path) -> None:
+    """``UnreadableCheckpoint`` unless every file of the checkpoint is as it was written:
+    corruption is found before orbax reads a byte."""
+    try:
+        sealed = json.loads((path / DIGEST).read_text())
+        now = _digests(path)
+    except (OSError, ValueError) as e:
+        raise UnreadableCheckpoint(f"cannot read checkpoint {path}: {_reason(e)}") from None
+    if not isinstance(sealed, dict):
+        raise UnreadableCheckpoint(f"cannot read checkpoint {path}: its digest is not a table")
+    for name in sorted(set(sealed) | set(now)):
+        if sealed.get(name) != now.get(name):
+            what = "is missing" if name not in now else (
+                "was not written by jopt" if name not in sealed else "changed since it was written"
+            )
+            raise UnreadableCheckpoint(f"cannot read checkpoint {path}: {name} {what}")
 
 
 def _reason(e: BaseException) -> str:

@@ -28,6 +28,16 @@ __all__ = ["RunConfig", "Setting", "choice", "integers", "number", "setting"]
 
 Parse = Callable[[str], Any]
 
+FLOAT32_MAX = 3.4028234663852886e38
+FLOAT32_TINY = 1.1754943508222875e-38  # the smallest normal float32: XLA:CPU flushes below it
+SEED_MAX = 2**32 - 1
+WIDTH_MAX = 1 << 16
+EPOCHS_MAX = 10**6
+"""The widest hidden layer a run takes (a million-unit layer would hang the machine)."""
+HORIZON_FREE = ("none", "step", "multistep", "exponential", "plateau", "inverse-sqrt")
+"""Schedules whose rate at an epoch does not depend on the total number of epochs (once their
+defaults are resolved): a run with one of them can be resumed with more epochs."""
+
 
 @dataclasses.dataclass(frozen=True)
 class Setting:
@@ -57,8 +67,11 @@ def choice(choices: Sequence[str], what: str) -> Parse:
     return parse
 
 
-def number(kind: type, minimum: float | None = None, strict: bool = False) -> Parse:
-    """An ``int`` or a finite ``float``, at least (``strict``: above) ``minimum``."""
+def number(
+    kind: type, minimum: float | None = None, strict: bool = False, maximum: float | None = None
+) -> Parse:
+    """An ``int`` or a ``float`` a float32 holds (finite; not flushed to 0), at least
+    (``strict``: above) ``minimum`` and at most ``maximum``."""
 
     def parse(text: str) -> Any:
         try:
@@ -68,6 +81,11 @@ def number(kind: type, minimum: float | None = None, strict: bool = False) -> Pa
             raise ValueError(f"must be {noun}, got {text!r}") from None
         if kind is float and not math.isfinite(value):
             raise ValueError(f"must be finite, got {text!r}")
+        if kind is float and value != 0 and not FLOAT32_TINY <= abs(value) <= FLOAT32_MAX:
+            raise ValueError(f"must be 0 or between {FLOAT32_TINY:.3g} and {FLOAT32_MAX:.3g} "
+                             f"in size (a float32), got {text}")
+        if maximum is not None and value > maximum:
+            raise ValueError(f"must be at most {maximum:g}, got {text}")
         if minimum is not None and (value <= minimum if strict else value < minimum):
             if minimum == 0:
                 bound = "positive" if strict else "non-negative"
@@ -88,6 +106,8 @@ def integers(text: str) -> tuple[int, ...]:
         raise ValueError(f"must be comma-separated integers, got {text!r}") from None
     if not values or any(v < 1 for v in values):
         raise ValueError(f"must be positive integers, got {text!r}")
+    if any(v > WIDTH_MAX for v in values):
+        raise ValueError(f"must be at most {WIDTH_MAX}, got {text!r}")
     return values
 
 
@@ -115,13 +135,16 @@ class RunConfig:
         None, "decay factor of step/multistep/exponential/plateau", number(float, 0.0, True)
     )
     step_size: int | None = setting(
-        None, "epochs between decays of 'step' (default epochs // 3)", number(int, 0, True)
+        None, "epochs between decays of 'step' (default epochs // 3)",
+        number(int, 0, True, maximum=EPOCHS_MAX),
     )
     milestones: tuple[int, ...] | None = setting(
         None, "epochs of the decays of 'multistep' (default 50%%,75%% of epochs)", integers,
         "EPOCHS",
     )
-    epochs: int = setting(100, "training epochs (default 100)", number(int, 0, True))
+    epochs: int = setting(
+        100, "training epochs (default 100)", number(int, 0, True, maximum=EPOCHS_MAX)
+    )
     batch_size: int = setting(
         16, "mini-batch size, 1..training rows (default 16)", number(int, 0, True)
     )
@@ -141,8 +164,10 @@ class RunConfig:
         "torch", "initialisation: " + ", ".join(INITS) + " (default torch, nn.Linear's)",
         choice(INITS, "init"), "NAME",
     )
-    seed: int = setting(0, "seed of the initialisation and the shuffling", number(int, 0))
-    split_seed: int = setting(0, "seed of the train/test split", number(int, 0))
+    seed: int = setting(
+        0, "seed of the initialisation and the shuffling", number(int, 0, maximum=SEED_MAX)
+    )
+    split_seed: int = setting(0, "seed of the train/test split", number(int, 0, maximum=SEED_MAX))
     test_size: float = setting(
         0.2, "fraction of rows held out for testing (default 0.2)", number(float, 0.0, True)
     )
@@ -161,6 +186,45 @@ class RunConfig:
             raise ValueError(f"{self.optimizer} takes no weight_decay")
         if self.schedule == "plateau" and self.gamma is not None and self.gamma >= 1:
             raise ValueError(f"gamma of the plateau schedule must be below 1, got {self.gamma}")
+        for name, used_by in (("gamma", ("step", "multistep", "exponential", "plateau")),
+                              ("step_size", ("step",)), ("milestones", ("multistep",))):
+            if getattr(self, name) is not None and self.schedule not in used_by:
+                raise ValueError(
+                    f"{name} is used by the {' and '.join(used_by)} schedule"
+                    f"{'s' if len(used_by) > 1 else ''} only, not by {self.schedule!r}"
+                )
+        if self.milestones is not None and max(self.milestones) > self.epochs:
+            raise ValueError(
+                f"milestones {list(self.milestones)} go beyond the {self.epochs} epochs"
+            )
+
+    def resolved(self) -> RunConfig:
+        """The same run with every default spelled out: the recipe's learning rate, torch's
+        weight decay, the schedule's ``gamma``, ``step_size`` and ``milestones`` (``step``
+        divides by 10 every ``epochs // 3`` epochs, ``multistep`` at 50% and 75% of them,
+        ``exponential`` by 0.95 per epoch)."""
+        gamma = self.gamma
+        if gamma is None and self.schedule in ("step", "multistep", "plateau"):
+            gamma = 0.1
+        if gamma is None and self.schedule == "exponential":
+            gamma = 0.95
+        step_size = self.step_size
+        if self.schedule == "step" and step_size is None:
+            step_size = max(1, self.epochs // 3)
+        milestones = self.milestones
+        if self.schedule == "multistep" and milestones is None:
+            milestones = (max(1, self.epochs // 2), max(1, 3 * self.epochs // 4))
+        return dataclasses.replace(self, lr=self.base_lr, weight_decay=self.decay, gamma=gamma,
+                                   step_size=step_size, milestones=milestones)
+
+    def resume_record(self) -> dict[str, Any]:
+        """What a checkpoint must agree with to be resumed by this run: the resolved values
+        (``--lr 0.01`` for Adam is the default spelled out), and the number of epochs only
+        where the schedule depends on it (cosine, onecycle): other runs may be extended."""
+        record = self.resolved().as_record()
+        if self.schedule in HORIZON_FREE:
+            del record["epochs"]
+        return record
 
     @property
     def base_lr(self) -> float:

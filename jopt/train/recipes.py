@@ -24,6 +24,7 @@ import jopt
 from jopt import schedules as S
 from jopt.core import GradientTransformation, inject_hyperparams
 from jopt.train import names
+from jopt.train.config import RunConfig
 from jopt.train.lr import LrControl, Plateau, Scheduled
 
 __all__ = ["OPTIMIZERS", "make_lr_control", "make_optimizer", "muon_with_adamw"]
@@ -77,27 +78,17 @@ def make_optimizer(
     if weight_decay is not None:
         if names.WEIGHT_DECAY[name] is None:
             raise ValueError(f"{name} takes no weight_decay")
-        kwargs["weight_decay"] = weight_decay
+        if weight_decay != names.WEIGHT_DECAY[name]:  # torch's default spelled out: the same run
+            kwargs["weight_decay"] = weight_decay
     return inject_hyperparams(OPTIMIZERS[name])(**kwargs)
 
 
-def make_lr_control(
-    name: str,
-    epochs: int,
-    steps_per_epoch: int,
-    *,
-    gamma: float | None = None,
-    step_size: int | None = None,
-    milestones: tuple[int, ...] | None = None,
-) -> LrControl | None:
-    """The trainer's learning-rate control for schedule ``name`` (``None`` for ``"none"``).
-
-    Defaults scale with the run: ``step`` divides by 10 every ``epochs // 3`` epochs,
-    ``multistep`` at 50% and 75% of the epochs, ``exponential`` by 0.95 per epoch, ``cosine``
-    anneals to 0 over all epochs, ``inverse-sqrt`` is ``lr / sqrt(1 + epoch)``.
-    """
-    if name not in names.SCHEDULES:
-        raise ValueError(names.suggest(name, names.SCHEDULES, "schedule"))
+def make_lr_control(config: RunConfig, steps_per_epoch: int) -> LrControl | None:
+    """The trainer's learning-rate control for ``config``'s schedule (``None`` for ``"none"``),
+    with the defaults of :meth:`RunConfig.resolved`; ``cosine`` anneals to 0 over all epochs,
+    ``inverse-sqrt`` is ``lr / sqrt(1 + epoch)``, ``onecycle`` runs over every step."""
+    config.check()
+    c = config.resolved()
     spe = steps_per_epoch
 
     def per_epoch(build: Callable[[Any], Callable[[Any], Any]]) -> Scheduled:
@@ -106,26 +97,21 @@ def make_lr_control(
 
         return Scheduled(lr_at)
 
-    if name == "none":
+    if c.schedule == "none":
         return None
-    if name == "plateau":
-        return Plateau(factor=0.1 if gamma is None else gamma)
-    if name == "step":
-        size = step_size or max(1, epochs // 3)
-        g = 0.1 if gamma is None else gamma
-        return per_epoch(lambda lr: S.step_lr(lr, size, g))
-    if name == "multistep":
-        marks = milestones or (max(1, epochs // 2), max(1, 3 * epochs // 4))
-        g = 0.1 if gamma is None else gamma
-        return per_epoch(lambda lr: S.multistep_lr(lr, marks, g))
-    if name == "exponential":
-        g = 0.95 if gamma is None else gamma
-        return per_epoch(lambda lr: S.exponential_lr(lr, g))
-    if name == "cosine":
-        return per_epoch(lambda lr: S.cosine_annealing_lr(lr, epochs))
-    if name == "inverse-sqrt":
+    if c.schedule == "plateau":
+        return Plateau(factor=c.gamma)
+    if c.schedule == "step":
+        return per_epoch(lambda lr: S.step_lr(lr, c.step_size, c.gamma))
+    if c.schedule == "multistep":
+        return per_epoch(lambda lr: S.multistep_lr(lr, c.milestones, c.gamma))
+    if c.schedule == "exponential":
+        return per_epoch(lambda lr: S.exponential_lr(lr, c.gamma))
+    if c.schedule == "cosine":
+        return per_epoch(lambda lr: S.cosine_annealing_lr(lr, c.epochs))
+    if c.schedule == "inverse-sqrt":
         return per_epoch(lambda lr: S.inverse_sqrt_decay(lr))
-    total = epochs * spe  # onecycle: per batch
+    total = c.epochs * spe  # onecycle: per batch
 
     def one_cycle(base_lr: jax.Array, step: jax.Array) -> jax.Array:
         return S.one_cycle_lr(base_lr, total)(step)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from jopt.train.checkpoint import CheckpointError, Checkpoints
+from jopt.train.checkpoint import CheckpointError, Checkpoints, UnreadableCheckpoint
 from jopt.train.config import RunConfig
 from jopt.train.data import Dataset, load_iris, num_batches
 from jopt.train.driver import Callback, drive
@@ -37,6 +37,9 @@ class RunResult(FitResult):
     config: RunConfig | None = None
     resumed_from: int | None = None
     checkpoints: list[int] = dataclasses.field(default_factory=list)
+    notes: list[str] = dataclasses.field(default_factory=list)
+    """What the run decided on its own: a checkpoint skipped as unreadable, a resume that found
+    nothing to resume."""
 
 
 def model_factory(config: RunConfig, data: Dataset) -> MLPFactory:
@@ -81,24 +84,36 @@ def _build(config: RunConfig, data: Dataset) -> tuple[Trainer, Any]:
         batch_size=config.batch_size,
         drop_last=config.drop_last,
         l2=config.l2,
-        lr_control=make_lr_control(config.schedule, config.epochs, steps, gamma=config.gamma,
-                                   step_size=config.step_size, milestones=config.milestones),
+        lr_control=make_lr_control(config, steps),
     )
     return trainer, params
 
 
 def check_checkpoints(checkpoints: Checkpoints, config: RunConfig, resume: bool) -> None:
-    """Refuse, before anything compiles, a directory that does not fit the run: with
-    ``resume``, a newest checkpoint of another configuration; without it, any checkpoint (it
-    would be overwritten). ``CheckpointError`` says which."""
-    if resume and checkpoints.latest() is not None:
-        checkpoints.record(config.as_record())
-    elif not resume and checkpoints.epochs():
-        raise CheckpointError(
-            f"{checkpoints.directory} already holds checkpoints (epochs "
-            f"{', '.join(map(str, checkpoints.epochs()))}): resume them (--resume) or choose "
-            "another directory"
-        )
+    """Refuse, before anything compiles, a directory that does not fit the run: one that
+    cannot be written; with ``resume``, a newest readable checkpoint of another configuration
+    or beyond the run's epochs; without it, any checkpoint (it would be overwritten).
+    ``CheckpointError`` says which."""
+    checkpoints.check_writable()
+    if not resume:
+        if checkpoints.epochs():
+            raise CheckpointError(
+                f"{checkpoints.directory} already holds checkpoints (epochs "
+                f"{', '.join(map(str, checkpoints.epochs()))}): resume them (--resume) or "
+                "choose another directory"
+            )
+        return
+    for epoch in reversed(checkpoints.epochs()):
+        try:
+            checkpoints.record(config.resume_record(), epoch)
+        except UnreadableCheckpoint:
+            continue
+        if epoch > config.epochs:
+            raise CheckpointError(
+                f"checkpoint {checkpoints.path(epoch)} is at epoch {epoch}, beyond this run's "
+                f"{config.epochs} epochs"
+            )
+        return
 
 
 @dataclasses.dataclass(eq=False)
@@ -114,7 +129,7 @@ class _Saving(Callback):
         for k in METRICS:
             self.history[k].append(float(metrics[k]))
         if epoch % self.every == 0 or epoch == self.config.epochs:
-            self.checkpoints.save(state, self.config.as_record(), self.history)
+            self.checkpoints.save(state, self.config.resume_record(), self.history)
 
 
 def run(
@@ -139,16 +154,38 @@ def run(
     keeps compiled programs for the next run of the same configuration.
     """
     config.check()
-    if checkpoints is not None:
+    if checkpoints is None:
+        return _run(config, data, None, checkpoint_every, False, on_epoch, on_start,
+                    stop_after, session)
+    with checkpoints.writing():  # one writer: a second run on the directory is refused
         check_checkpoints(checkpoints, config, resume)  # before compiling anything
+        return _run(config, data, checkpoints, checkpoint_every, resume, on_epoch, on_start,
+                    stop_after, session)
+
+
+def _run(
+    config: RunConfig,
+    data: Dataset | None,
+    checkpoints: Checkpoints | None,
+    checkpoint_every: int,
+    resume: bool,
+    on_epoch: Callable[[int, dict[str, float]], None] | None,
+    on_start: Callable[[int], None] | None,
+    stop_after: int | None,
+    session: Session | None,
+) -> RunResult:
     data, trainer, params = (session or Session()).build(config, data)
     state = trainer.init(params, config.seed)
     previous: dict[str, list[float]] = {k: [] for k in METRICS}
     resumed_from = None
-    if checkpoints is not None and resume and checkpoints.latest() is not None:
-        state, record = checkpoints.restore(state, config.as_record())
-        previous = {k: list(record["history"][k]) for k in METRICS}
-        resumed_from = int(state.epoch)
+    notes: list[str] = []
+    if checkpoints is not None and resume:
+        if checkpoints.latest() is None:
+            notes.append(f"no checkpoint in {checkpoints.directory}: training from epoch 0")
+        else:
+            state, record, notes = checkpoints.restore_latest(state, config.resume_record())
+            previous = {k: list(record["history"][k]) for k in METRICS}
+            resumed_from = int(state.epoch)
     callbacks: list[Any] = []
     if on_start is not None or on_epoch is not None:
         callbacks.append(_Progress(on_start, on_epoch))
@@ -172,6 +209,7 @@ def run(
         config=config,
         resumed_from=resumed_from,
         checkpoints=checkpoints.epochs() if checkpoints is not None else [],
+        notes=notes,
     )
 
 
