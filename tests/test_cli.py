@@ -120,6 +120,16 @@ BAD = [
     (["train", "--optimizer", "rprop", "--weight-decay", "0.1"], "rprop takes no weight_decay"),
     (["train", "--schedule", "plateau", "--gamma", "2"], "plateau schedule must be below 1"),
     (["train", "--init", "xavier"], "did you mean 'xavier_"),
+    (["train", "--seed", str(2**64)], "--seed: must be at most 4.29497e+09"),
+    (["train", "--schedule", "step", "--step-size", str(10**12)], "--step-size: must be at most"),
+    (["train", "--hidden", "1000000000"], "--hidden: must be at most 65536"),
+    (["sweep", "--runs", str(10**9)], "--runs: must be at most 65536"),
+    (["train", "--lr", "1e308"], "--lr: must be 0 or between"),
+    (["train", "--lr", "1e-320"], "--lr: must be 0 or between"),
+    (["train", "--milestones", "5"], "milestones is used by the multistep schedule only"),
+    (["train", "--schedule", "multistep", "--milestones", "50,500"], "beyond the 100 epochs"),
+    (["train", "--step-size", "5"], "step_size is used by the step schedule only"),
+    (["train", "--checkpoint-dir", ""], "must not be empty"),
 ]
 
 
@@ -183,6 +193,40 @@ def test_unwritable_plot_path(capsys, tmp_path):
     (tmp_path / "dir.png").mkdir()
     assert main(["train", "--no-cache", "--plot", str(tmp_path / "dir.png")]) == 2
     assert "is a directory" in capsys.readouterr()[1]
+
+
+@pytest.mark.parametrize("where", ["file", "under-file"])
+def test_unusable_checkpoint_directory_exits_2_before_training(capsys, tmp_path, where):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+    target = blocker if where == "file" else blocker / "ckpt"
+    assert main(["train", "--no-cache", "--checkpoint-dir", str(target)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and str(target) in err and "Traceback" not in err
+
+
+def test_a_bad_plot_keeps_the_json_result(capsys, tmp_path, monkeypatch):
+    from jopt.train import plots
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(plots, "plot_history", full_disk)
+    code = main(["train", "--no-cache", "--json", "--epochs", "3", "--plot",
+                 str(tmp_path / "x.png")])
+    out, err = capsys.readouterr()
+    assert code == 2 and "No space left on device" in err.splitlines()[-1]
+    summary = last_json(out)
+    assert len(summary["history"]["test_loss"]) == 3 and "No space" in summary["plot_error"]
+
+
+def test_resume_without_checkpoints_says_so(capsys, tmp_path):
+    ckpt = str(tmp_path / "empty")
+    assert main(["train", "--no-cache", "--json", "--epochs", "2", "--checkpoint-dir", ckpt,
+                 "--resume"]) == 0
+    out, err = capsys.readouterr()
+    assert "no checkpoint in" in err
+    assert last_json(out)["notes"] == [f"no checkpoint in {ckpt}: training from epoch 0"]
 
 
 def run_module(args: list[str], cache: Path) -> dict:
