@@ -35,7 +35,9 @@ def set_value(variable: nnx.Variable, value: Any) -> None:
     """Set a Variable's value from outside any trace (the facade's steps are not traceable, so
     nnx's check of the trace level is skipped where no hook is set)."""
     if variable._var_metadata.get("on_set_value") is None:
-        variable.set_raw_value(value, _unsafe_bypass_check=True)
+        # ``set_raw_value(..., _unsafe_bypass_check=True)`` still runs the check, through
+        # ``Variable.__setattr__``: 1.4 us a leaf against 0.16 us for the store itself.
+        object.__setattr__(variable, "_raw_value", value)
     else:
         variable.set_value(value)
 
