@@ -10,6 +10,7 @@ or param groups. The update rules are jopt's functional optimizers; see
 from jopt.optim import lr_scheduler
 from jopt.optim.algorithms import (
     ASGD,
+    LBFGS,
     SGD,
     Adadelta,
     Adafactor,
@@ -31,6 +32,7 @@ from jopt.optim.porting import from_torch
 
 __all__ = [
     "ASGD",
+    "LBFGS",
     "SGD",
     "Adadelta",
     "Adafactor",

@@ -9,13 +9,14 @@ factory in ``jopt.inject_hyperparams`` to change them between jitted steps.
 The modules follow the families of :mod:`jopt.transforms`: :mod:`~jopt.optimizers.sgd` (SGD,
 ASGD), :mod:`~jopt.optimizers.adam` (Adam, AdamW, Adamax, NAdam, RAdam, SparseAdam),
 :mod:`~jopt.optimizers.rms` (RMSprop, Adagrad, Adadelta), :mod:`~jopt.optimizers.sign`
-(Rprop), :mod:`~jopt.optimizers.factored` (Adafactor) and :mod:`~jopt.optimizers.orthogonal`
-(Muon).
+(Rprop), :mod:`~jopt.optimizers.factored` (Adafactor), :mod:`~jopt.optimizers.orthogonal`
+(Muon) and :mod:`~jopt.optimizers.lbfgs` (L-BFGS, whose step evaluates the loss itself).
 """
 
 from jopt.optimizers.adam import adam, adamax, adamw, nadam, radam, sparse_adam
 from jopt.optimizers.common import LearningRate, Scalar
 from jopt.optimizers.factored import adafactor
+from jopt.optimizers.lbfgs import Lbfgs, lbfgs
 from jopt.optimizers.orthogonal import muon
 from jopt.optimizers.rms import adadelta, adagrad, rmsprop
 from jopt.optimizers.sgd import asgd, momentum, sgd
@@ -23,6 +24,7 @@ from jopt.optimizers.sign import rprop
 
 __all__ = [
     "LearningRate",
+    "Lbfgs",
     "Scalar",
     "adadelta",
     "adafactor",
@@ -31,6 +33,7 @@ __all__ = [
     "adamax",
     "adamw",
     "asgd",
+    "lbfgs",
     "momentum",
     "muon",
     "nadam",

@@ -7,11 +7,12 @@ unchanged; XLA fuses the step whatever they say.
 
 The modules follow the families of :mod:`jopt.optimizers`: :mod:`~.sgd` (SGD, ASGD),
 :mod:`~.adam` (Adam, AdamW, Adamax, NAdam, RAdam, SparseAdam), :mod:`~.rms` (RMSprop, Adagrad,
-Adadelta), :mod:`~.sign` (Rprop) and :mod:`~.shaped` (Adafactor, Muon: rules that read each
-parameter's shape).
+Adadelta), :mod:`~.sign` (Rprop), :mod:`~.lbfgs` (LBFGS) and :mod:`~.shaped` (Adafactor, Muon:
+rules that read each parameter's shape).
 """
 
 from jopt.optim.algorithms.adam import Adam, Adamax, AdamW, NAdam, RAdam, SparseAdam
+from jopt.optim.algorithms.lbfgs import LBFGS
 from jopt.optim.algorithms.rms import Adadelta, Adagrad, RMSprop
 from jopt.optim.algorithms.sgd import ASGD, SGD
 from jopt.optim.algorithms.shaped import Adafactor, Muon
@@ -19,6 +20,7 @@ from jopt.optim.algorithms.sign import Rprop
 
 __all__ = [
     "ASGD",
+    "LBFGS",
     "SGD",
     "Adadelta",
     "Adafactor",
