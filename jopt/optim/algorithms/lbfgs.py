@@ -306,14 +306,15 @@ def _entry(state: LbfgsState) -> dict[str, Any]:
     if n_iter >= 2:
         m = state.ro.shape[0]
         entry["al"] = [state.al[i] if i < len(slots) else None for i in range(m)]
+    # Copies: the state's own buffers are donated to the next step.
     entry.update(
-        d=state.d,
-        t=state.t,
+        d=jnp.copy(state.d),
+        t=jnp.copy(state.t),
         old_dirs=[state.old_dirs[s] for s in slots],
         old_stps=[state.old_stps[s] for s in slots],
         ro=[state.ro[s] for s in slots],
-        H_diag=state.H_diag,
-        prev_flat_grad=state.prev_flat_grad,
+        H_diag=jnp.copy(state.H_diag),
+        prev_flat_grad=jnp.copy(state.prev_flat_grad),
         prev_loss=float(state.prev_loss),
     )
     return entry
