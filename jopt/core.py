@@ -14,10 +14,11 @@ checks that make a mismatched gradient tree fail with the path that differs.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import numbers
 from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -34,19 +35,65 @@ __all__ = [
     "EmptyState",
     "GradientTransformation",
     "GradientTransformationExtraArgs",
+    "FactorySpec",
     "InjectHyperparamsState",
     "Schedule",
     "apply_updates",
     "chain",
     "check_tree_match",
+    "declare",
     "identity",
     "inject_hyperparams",
-    "is_concrete",
-    "named_chain",
+    "spec_of",
 ]
 
 Schedule = Callable[[jax.Array], jax.Array]
 """A learning-rate (or any hyperparameter) schedule: ``step -> value``, pure and jittable."""
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclasses.dataclass(frozen=True)
+class FactorySpec:
+    """What an optimizer factory declares to :func:`inject_hyperparams` and the facade.
+
+    - ``static_when_zero``: arguments whose term torch skips at 0 (``momentum``,
+      ``weight_decay``); left at a default of 0 they stay static, so the step keeps no momentum
+      buffer and reads no weights for decay.
+    - ``static``: integer arguments that shape the computation (Muon's ``ns_steps``).
+    - ``leafwise``: the rule reads each parameter's shape (Muon, Adafactor), so the facade
+      gives it the leaves, not a flat buffer.
+    """
+
+    static_when_zero: tuple[str, ...] = ()
+    static: tuple[str, ...] = ()
+    leafwise: bool = False
+
+
+def declare(
+    *, static_when_zero: Iterable[str] = (), static: Iterable[str] = (), leafwise: bool = False
+) -> Callable[[F], F]:
+    """Attach a :class:`FactorySpec` to a factory: ``@declare(static_when_zero=("weight_decay",))``.
+
+    Every name must be an argument of the factory, so a misspelt declaration fails at import.
+    """
+    spec = FactorySpec(tuple(static_when_zero), tuple(static), leafwise)
+
+    def attach(factory: F) -> F:
+        names = set(inspect.signature(factory).parameters)
+        unknown = sorted((set(spec.static_when_zero) | set(spec.static)) - names)
+        if unknown:
+            raise TypeError(f"{factory.__name__} declares arguments it does not take: {unknown}")
+        factory.__jopt_spec__ = spec  # type: ignore[attr-defined]
+        return factory
+
+    return attach
+
+
+def spec_of(factory: Callable[..., Any]) -> FactorySpec:
+    """The spec ``factory`` declared with :func:`declare` (an empty one for others, optax's)."""
+    return getattr(factory, "__jopt_spec__", FactorySpec())
 
 
 def is_concrete(x: Any) -> bool:
@@ -178,9 +225,9 @@ def inject_hyperparams(
     argument is a schedule ``step -> value``, evaluated at the wrapper's own step count; its
     current value is what ``state.hyperparams`` shows.
 
-    Booleans and strings stay static, and so do the arguments a factory names in its
-    ``static_args`` (Muon's ``ns_steps``, a number of iterations). A factory may name arguments
-    in ``static_when_zero`` (``momentum``, ``weight_decay``): left at a default of 0 they stay
+    Booleans and strings stay static, and so do ``static_args`` and the arguments the factory
+    declares ``static`` (:func:`declare`; Muon's ``ns_steps``, a number of iterations). Its
+    ``static_when_zero`` arguments (``momentum``, ``weight_decay``) left at a default of 0 stay
     static, so the step keeps no momentum buffer and reads no weights for decay — as in torch,
     which skips both terms at 0. Passed explicitly, even as 0, they are data that may change
     later.
@@ -189,7 +236,8 @@ def inject_hyperparams(
     torch's ``ValueError`` immediately.
     """
     static = {static_args} if isinstance(static_args, str) else set(static_args)
-    static |= set(getattr(factory, "static_args", ()))  # integers that shape the computation
+    spec = spec_of(factory)
+    static |= set(spec.static)  # integers that shape the computation
     signature = inspect.signature(factory)
 
     def wrapped(*args: Any, **kwargs: Any) -> GradientTransformationExtraArgs:
@@ -200,7 +248,7 @@ def inject_hyperparams(
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in bound.arguments.items()}
         zero_static = {
             k
-            for k in getattr(factory, "static_when_zero", ())
+            for k in spec.static_when_zero
             if k not in given and is_zero(values.get(k))
         }
         dynamic = {

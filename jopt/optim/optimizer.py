@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jopt.core import GradientTransformation, apply_updates, check_tree_match
+from jopt.core import GradientTransformation, apply_updates, check_tree_match, spec_of
 from jopt.flat import Flat, Layout
 from jopt.optim import state_layout
 from jopt.optim.lifting import Binding, FnKey, get_value, set_value
@@ -158,23 +158,22 @@ class Optimizer:
         """(static, dynamic) functional arguments of a group.
 
         Booleans, strings, None (and tuples holding one, Adafactor's ``eps``) and the
-        factory's ``static_args`` (Muon's ``ns_steps``) are static, and so is a
-        ``static_when_zero`` argument (``momentum``,
+        arguments the factory declares ``static`` (Muon's ``ns_steps``; :func:`jopt.declare`)
+        are static, and so is a declared ``static_when_zero`` argument (``momentum``,
         ``weight_decay``) while it is 0: torch skips those terms at 0, and as data they would
         still cost a buffer or a read of the weights (SGD(momentum=0.9) on 10M float32
         parameters ran 3x slower with a zero decay as data). Changing one from 0 rebuilds the
         group's step once. Everything else is data.
         """
-        zero_static = getattr(self.functional, "static_when_zero", ())
-        static_args = getattr(self.functional, "static_args", ())
+        spec = spec_of(self.functional)
         static, dynamic = {}, {}
         for key in self._keys():
             value = group[key]
             if (
-                key in static_args
+                key in spec.static
                 or isinstance(value, bool | str | None)
                 or (isinstance(value, tuple) and any(v is None for v in value))
-                or (key in zero_static and value == 0)
+                or (key in spec.static_when_zero and value == 0)
             ):
                 static[key] = value
             else:
@@ -260,7 +259,7 @@ class Optimizer:
 
         index = len(self.param_groups)
         layout = Layout(source.leaves, source.paths)
-        leafwise = getattr(self.functional, "leafwise", False)
+        leafwise = spec_of(self.functional).leafwise
         if source.shared or leafwise:
             owned = [
                 jnp.asarray(leaf) if v is None else None
@@ -382,8 +381,8 @@ class Optimizer:
 
     def _state_input(self, g: _Group) -> Flat | list[Any]:
         """What the group's state is over: its flat buffers, or its leaves for a rule that
-        reads each parameter's shape (``functional.leafwise``: Muon, Adafactor)."""
-        if getattr(self.functional, "leafwise", False):
+        reads each parameter's shape (declared ``leafwise``: Muon, Adafactor)."""
+        if spec_of(self.functional).leafwise:
             return self._values(g)
         return g.flat if g.flat is not None else _flatten(g.layout)(self._values(g))
 
@@ -470,7 +469,7 @@ class Optimizer:
         A shared group's parameters are concatenated for the update (XLA drops the copy when
         no term reads them) and each new leaf is its old value plus its slice of the update.
         """
-        leafwise = getattr(self.functional, "leafwise", False)
+        leafwise = spec_of(self.functional).leafwise
         new_flats, new_leaves, new_states = [], [], []
         for i, g in enumerate(self._groups):
             transform = self._transform(i, hps[i])

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from jopt import transforms as T
-from jopt.core import GradientTransformationExtraArgs, is_zero
+from jopt.core import GradientTransformationExtraArgs, declare, is_zero
 from jopt.optimizers.common import LearningRate, Scalar, _check, _check_adam, _nonneg, _optimizer
 
 __all__ = ["adam", "adamax", "adamw", "nadam", "radam", "sparse_adam"]
 
 
+@declare(static_when_zero=("weight_decay",))
 def adam(
     lr: LearningRate = 1e-3,
     betas: tuple[Scalar, Scalar] = (0.9, 0.999),
@@ -31,9 +32,9 @@ def adam(
     )
 
 
-adam.static_when_zero = ("weight_decay",)  # type: ignore[attr-defined]
 
 
+@declare(static_when_zero=("weight_decay",))
 def adamw(
     lr: LearningRate = 1e-3,
     betas: tuple[Scalar, Scalar] = (0.9, 0.999),
@@ -56,9 +57,9 @@ def adamw(
     )
 
 
-adamw.static_when_zero = ("weight_decay",)  # type: ignore[attr-defined]
 
 
+@declare(static_when_zero=("weight_decay",))
 def adamax(
     lr: LearningRate = 2e-3,
     betas: tuple[Scalar, Scalar] = (0.9, 0.999),
@@ -80,7 +81,6 @@ def adamax(
     )
 
 
-adamax.static_when_zero = ("weight_decay",)  # type: ignore[attr-defined]
 
 
 def _decay_terms(weight_decay: Scalar, decoupled: bool) -> tuple[object, object]:
@@ -91,6 +91,7 @@ def _decay_terms(weight_decay: Scalar, decoupled: bool) -> tuple[object, object]
     return (None, term) if decoupled else (term, None)
 
 
+@declare(static_when_zero=("weight_decay",))
 def nadam(
     lr: LearningRate = 2e-3,
     betas: tuple[Scalar, Scalar] = (0.9, 0.999),
@@ -119,9 +120,9 @@ def nadam(
     )
 
 
-nadam.static_when_zero = ("weight_decay",)  # type: ignore[attr-defined]
 
 
+@declare(static_when_zero=("weight_decay",))
 def radam(
     lr: LearningRate = 1e-3,
     betas: tuple[Scalar, Scalar] = (0.9, 0.999),
@@ -147,7 +148,6 @@ def radam(
     )
 
 
-radam.static_when_zero = ("weight_decay",)  # type: ignore[attr-defined]
 
 
 def sparse_adam(

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from jopt import transforms as T
-from jopt.core import GradientTransformationExtraArgs, is_zero
+from jopt.core import GradientTransformationExtraArgs, declare, is_zero
 from jopt.optimizers.common import LearningRate, Scalar, _check, _optimizer
 
 __all__ = ["adafactor"]
 
 
+@declare(static_when_zero=("weight_decay",), leafwise=True)
 def adafactor(
     lr: LearningRate = 1e-2,
     beta2_decay: Scalar = -0.8,
@@ -46,5 +47,3 @@ def adafactor(
     )
 
 
-adafactor.static_when_zero = ("weight_decay",)  # type: ignore[attr-defined]
-adafactor.leafwise = True  # type: ignore[attr-defined]  # its rule reads each parameter's shape

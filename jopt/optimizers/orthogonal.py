@@ -7,7 +7,7 @@ from typing import Any
 import jax
 
 from jopt import transforms as T
-from jopt.core import GradientTransformationExtraArgs, is_zero
+from jopt.core import GradientTransformationExtraArgs, declare, is_zero
 from jopt.optimizers.common import LearningRate, Scalar, _check, _optimizer
 from jopt.transforms.orthogonal import NS_COEFFICIENTS, NS_EPS, NS_STEPS
 
@@ -23,6 +23,7 @@ def _only_matrices(params: Any) -> None:
             )
 
 
+@declare(static_when_zero=("weight_decay",), static=("ns_steps",), leafwise=True)
 def muon(
     lr: LearningRate = 1e-3,
     weight_decay: Scalar = 0.1,
@@ -57,6 +58,3 @@ def muon(
     )
 
 
-muon.static_when_zero = ("weight_decay",)  # type: ignore[attr-defined]
-muon.static_args = ("ns_steps",)  # type: ignore[attr-defined]
-muon.leafwise = True  # type: ignore[attr-defined]  # its rule reads each parameter's shape

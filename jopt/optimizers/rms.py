@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from jopt import transforms as T
-from jopt.core import GradientTransformationExtraArgs, is_zero
+from jopt.core import GradientTransformationExtraArgs, declare, is_zero
 from jopt.optimizers.common import LearningRate, Scalar, _check, _nonneg, _optimizer
 
 __all__ = ["adadelta", "adagrad", "rmsprop"]
 
 
+@declare(static_when_zero=("momentum", "weight_decay"))
 def rmsprop(
     lr: LearningRate = 1e-2,
     alpha: Scalar = 0.99,
@@ -39,9 +40,9 @@ def rmsprop(
     )
 
 
-rmsprop.static_when_zero = ("momentum", "weight_decay")  # type: ignore[attr-defined]
 
 
+@declare(static_when_zero=("weight_decay",))
 def adagrad(
     lr: LearningRate = 1e-2,
     lr_decay: Scalar = 0.0,
@@ -69,9 +70,9 @@ def adagrad(
     )
 
 
-adagrad.static_when_zero = ("weight_decay",)  # type: ignore[attr-defined]
 
 
+@declare(static_when_zero=("weight_decay",))
 def adadelta(
     lr: LearningRate = 1.0,
     rho: Scalar = 0.9,
@@ -97,4 +98,3 @@ def adadelta(
     )
 
 
-adadelta.static_when_zero = ("weight_decay",)  # type: ignore[attr-defined]

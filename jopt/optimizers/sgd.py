@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from jopt import transforms as T
-from jopt.core import GradientTransformationExtraArgs, is_concrete, is_zero
+from jopt.core import GradientTransformationExtraArgs, declare, is_concrete, is_zero
 from jopt.optimizers.common import LearningRate, Scalar, _nonneg, _optimizer
 
 __all__ = ["asgd", "momentum", "sgd"]
 
 
+@declare(static_when_zero=("momentum", "weight_decay"))
 def sgd(
     lr: LearningRate = 1e-3,
     momentum: Scalar = 0.0,
@@ -39,9 +40,9 @@ def sgd(
     )
 
 
-sgd.static_when_zero = ("momentum", "weight_decay")  # type: ignore[attr-defined]
 
 
+@declare(static_when_zero=("momentum", "weight_decay"))
 def momentum(
     lr: LearningRate = 1e-3,
     momentum: Scalar = 0.9,
@@ -54,9 +55,9 @@ def momentum(
     return sgd(lr, momentum, dampening, weight_decay, nesterov, maximize)
 
 
-momentum.static_when_zero = ("momentum", "weight_decay")  # type: ignore[attr-defined]
 
 
+@declare(static_when_zero=("weight_decay",))
 def asgd(
     lr: LearningRate = 1e-2,
     lambd: Scalar = 1e-4,
@@ -80,4 +81,3 @@ def asgd(
     )
 
 
-asgd.static_when_zero = ("weight_decay",)  # type: ignore[attr-defined]

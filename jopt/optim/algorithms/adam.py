@@ -6,12 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 import jopt
-from jopt.core import GradientTransformation
+from jopt.core import GradientTransformation, declare
 from jopt.optim.optimizer import Optimizer
 
 __all__ = ["Adam", "AdamW", "Adamax", "NAdam", "RAdam", "SparseAdam"]
 
 
+@declare(static_when_zero=("weight_decay",))
 def _adam(
     lr: Any = 1e-3,
     betas: Any = (0.9, 0.999),
@@ -24,9 +25,6 @@ def _adam(
     """torch's Adam group: AdamW's decay when ``decoupled_weight_decay`` (as torch's AdamW)."""
     factory = jopt.adamw if decoupled_weight_decay else jopt.adam
     return factory(lr, betas, eps, weight_decay, amsgrad, maximize)
-
-
-_adam.static_when_zero = ("weight_decay",)  # type: ignore[attr-defined]
 
 
 class Adam(Optimizer):
