@@ -156,6 +156,7 @@ STATE_KWARGS = {
     "SGD": dict(momentum=0.9),
     "Adam": dict(amsgrad=True),
     "RMSprop": dict(momentum=0.5, centered=True),
+    "LBFGS": dict(max_iter=3),  # curvature pairs stored, far from the minimum
 }
 
 
@@ -172,21 +173,43 @@ def test_state_entries_are_torchs(name):
     assert {i: e.keys() for i, e in before.items()} == {
         i: e.keys() for i, e in theirs.state_dict()["state"].items()
     }
-    ours.step(jax.tree.map(jnp.ones_like, params))
-    for p in t_params:
-        p.grad = torch.ones_like(p).to_sparse() if name == "SparseAdam" else torch.ones_like(p)
-    theirs.step()
+    if name == "LBFGS":  # it evaluates the loss itself: a smooth convex one
+        ours.step(lambda p: sum(jnp.sum(x**2 + jnp.exp(x)) for x in jax.tree.leaves(p)))
+
+        def closure():
+            theirs.zero_grad()
+            loss = sum((p**2 + p.exp()).sum() for p in t_params)
+            loss.backward()
+            return loss
+
+        for p in t_params:
+            p.requires_grad_(True)
+        theirs.step(closure)
+    else:
+        ours.step(jax.tree.map(jnp.ones_like, params))
+        for p in t_params:
+            p.grad = torch.ones_like(p).to_sparse() if name == "SparseAdam" else torch.ones_like(p)
+        theirs.step()
     ours_sd, theirs_sd = ours.state_dict(), theirs.state_dict()
     assert ours_sd["state"].keys() == theirs_sd["state"].keys()
     for index, entry in theirs_sd["state"].items():
         assert ours_sd["state"][index].keys() == entry.keys(), f"{name}, parameter {index}"
         for key, value in entry.items():
             mine = ours_sd["state"][index][key]
-            if not torch.is_tensor(value):  # SparseAdam's step is a Python int
+            if isinstance(value, list):  # LBFGS's history
+                assert len(mine) == len(value), key
+                continue
+            if name == "LBFGS" and key in ("t", "H_diag", "prev_loss"):  # torch: tensor or number
+                np.testing.assert_allclose(np.asarray(mine), np.asarray(value), rtol=2e-5)
+                continue
+            if not torch.is_tensor(value):  # SparseAdam's step, LBFGS's counts: Python ints
                 assert type(mine) is type(value) and mine == value, key
                 continue
-            # float32 scalars: torch computes 1 - beta in double, jopt on device.
-            np.testing.assert_allclose(mine, value.numpy(), rtol=2e-5, err_msg=key)
+            # float32 scalars: torch computes 1 - beta in double, jopt on device; L-BFGS's
+            # two-loop sums reassociate (its trajectories are held to torch's in float64 in
+            # test_lbfgs.py).
+            tol = dict(rtol=1e-4, atol=1e-6) if name == "LBFGS" else dict(rtol=2e-5)
+            np.testing.assert_allclose(mine, value.numpy(), err_msg=key, **tol)
             assert np.shape(mine) == tuple(value.shape), key
     assert ours_sd["param_groups"] == theirs_sd["param_groups"]
 
@@ -201,6 +224,11 @@ def test_loaded_scalars_must_agree_across_a_group():
     with pytest.raises(ValueError, match="different 'mu_product' values"):
         ours.load_state_dict(sd)
     assert ours.state_dict()["state"] == before["state"]
+
+
+# torch orthogonalises in bfloat16, and CPU bfloat16 matmuls round differently across kernels
+# (AVX512-BF16 or AMX on one CPU, emulation on another): within bfloat16's resolution, not 1e-5.
+MUON_TOL = {"rtol": 2e-2, "atol": 1e-3}
 
 
 def test_muon_follows_torch_and_state_dicts_move():
@@ -226,7 +254,7 @@ def test_muon_follows_torch_and_state_dicts_move():
         torch_step(t_params, t_opt)
         ours.step(loss, jnp.asarray(X), jnp.asarray(Y))
         for k, v in t_params.items():
-            np.testing.assert_allclose(ours.params[k], v.detach().numpy(), rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(ours.params[k], v.detach().numpy(), **MUON_TOL)
     assert ours.compile_count == 1
     moved = jopt.optim.Muon({k: jnp.asarray(v.detach().numpy()) for k, v in t_params.items()})
     moved.load_state_dict(t_opt.state_dict())
@@ -239,6 +267,6 @@ def test_muon_follows_torch_and_state_dicts_move():
         moved.step(loss, jnp.asarray(X), jnp.asarray(Y))
         ours.step(loss, jnp.asarray(X), jnp.asarray(Y))
     for k, v in t_params.items():
-        np.testing.assert_allclose(moved.params[k], v.detach().numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(moved.params[k], v.detach().numpy(), **MUON_TOL)
         theirs = back_params[k].detach().numpy()
-        np.testing.assert_allclose(ours.params[k], theirs, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(ours.params[k], theirs, **MUON_TOL)
