@@ -8,6 +8,7 @@ hyperparameters data; ``jopt.optim`` is the ``torch.optim``-style facade on top.
 from jopt import schedules
 from jopt.core import (
     EmptyState,
+    FactorySpec,
     GradientTransformation,
     GradientTransformationExtraArgs,
     InjectHyperparamsState,
@@ -15,8 +16,10 @@ from jopt.core import (
     apply_updates,
     chain,
     check_tree_match,
+    declare,
     identity,
     inject_hyperparams,
+    spec_of,
 )
 from jopt.flat import flat_params
 from jopt.optimizers import (
@@ -76,12 +79,20 @@ from jopt.transforms import (
     skip_nonfinite,
     trace,
 )
+from jopt.transforms.weight_averaging import (
+    WeightAverageState,
+    WeightAveraging,
+    ema,
+    swa,
+    weight_average,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "EmaMomentumState",
     "EmptyState",
+    "FactorySpec",
     "GradientTransformation",
     "GradientTransformationExtraArgs",
     "InjectHyperparamsState",
@@ -101,6 +112,8 @@ __all__ = [
     "Schedule",
     "SkipNonfiniteState",
     "TraceState",
+    "WeightAverageState",
+    "WeightAveraging",
     "adadelta",
     "adafactor",
     "adagrad",
@@ -115,6 +128,8 @@ __all__ = [
     "chain",
     "check_tree_match",
     "clip_by_global_norm",
+    "declare",
+    "ema",
     "ema_momentum",
     "flat_params",
     "identity",
@@ -146,5 +161,8 @@ __all__ = [
     "sgd",
     "skip_nonfinite",
     "sparse_adam",
+    "spec_of",
+    "swa",
     "trace",
+    "weight_average",
 ]

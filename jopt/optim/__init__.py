@@ -7,7 +7,7 @@ or param groups. The update rules are jopt's functional optimizers; see
 :class:`jopt.optim.Optimizer`.
 """
 
-from jopt.optim import lr_scheduler
+from jopt.optim import lr_scheduler, swa_utils
 from jopt.optim.algorithms import (
     ASGD,
     LBFGS,
@@ -53,4 +53,5 @@ __all__ = [
     "from_torch",
     "lr_scheduler",
     "named_parameters",
+    "swa_utils",
 ]
