@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jopt.core import GradientTransformationExtraArgs
+from jopt.schedules.backend import is_host
 
 __all__ = ["ReduceOnPlateauState", "plateau_step", "reduce_on_plateau"]
 
@@ -69,10 +70,6 @@ def is_better(a: Any, best: Any, mode: str, threshold: Any, threshold_mode: str)
     return a > best + threshold
 
 
-def _host(x: Any) -> bool:
-    return isinstance(x, numbers.Number | np.ndarray | np.generic)
-
-
 def plateau_step(
     state: ReduceOnPlateauState,
     metric: Any,
@@ -94,7 +91,7 @@ def plateau_step(
     and a cooldown of ``cooldown`` steps begins.
     """
     check_plateau_args(mode, factor, threshold_mode)
-    xp = np if all(_host(x) for x in (*state, metric, factor, min_lr)) else jnp
+    xp = np if all(is_host(x) for x in (*state, metric, factor, min_lr)) else jnp
     lr, best, bad, cool, epoch = (xp.asarray(x) for x in state)
     metric = xp.asarray(metric)
 

@@ -56,8 +56,3 @@ def check(value: Any, ok: Callable[[float], bool], message: str) -> None:
     """torch's argument check, for values known at construction (not tracers)."""
     if is_concrete(value) and isinstance(value, numbers.Real) and not ok(float(value)):
         raise ValueError(message)
-
-
-def is_zero(x: Any) -> bool:
-    """A concrete 0 (a special case torch's schedulers have), never a tracer."""
-    return isinstance(x, numbers.Real) and x == 0

@@ -10,12 +10,11 @@ from typing import Any
 
 import numpy as np
 
-from jopt.core import Schedule
+from jopt.core import Schedule, is_zero
 from jopt.schedules.backend import (
     Scalar,
     as_float,
     check,
-    is_zero,
     make_schedule,
 )
 

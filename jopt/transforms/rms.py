@@ -43,8 +43,8 @@ def scale_by_rms(
     """torch's RMSprop direction, before momentum and ``-lr``.
 
     ``s <- alpha * s + (1 - alpha) * g^2``; centered: ``a <- lerp(a, g, 1 - alpha)`` and
-    ``s`` below reads ``s - a^2``. The update is ``g / (sqrt(s) + eps)`` — eps outside the
-    sqrt, where optax puts it inside.
+    ``s`` below reads ``s - a^2``. The update is ``g / (sqrt(s) + eps)``: eps outside the
+    sqrt, as optax's ``scale_by_rms(..., eps_in_sqrt=False)`` (its default is inside).
     """
 
     def init(params: Any) -> ScaleByRmsState:

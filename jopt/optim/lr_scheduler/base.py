@@ -41,7 +41,7 @@ def _lrs(optimizer: Any) -> list[Any]:
     return [group["lr"] for group in optimizer.param_groups]
 
 
-def _host(value: Any) -> float:
+def _as_float(value: Any) -> float:
     """A schedule's host value (``numpy.float64``) as a plain Python float."""
     return float(value)
 
@@ -190,4 +190,4 @@ class LRScheduler:
         self._last_lr = _lrs(self.optimizer)
 
     def _closed_form(self) -> list[float]:
-        return [_host(self._closed_form_lr(base)) for base in self.base_lrs]
+        return [_as_float(self._closed_form_lr(base)) for base in self.base_lrs]

@@ -11,7 +11,7 @@ from jopt import schedules
 from jopt.core import Schedule
 from jopt.optim.lr_scheduler.base import (
     LRScheduler,
-    _host,
+    _as_float,
     _lrs,
 )
 
@@ -38,11 +38,11 @@ class _FactorScheduler(LRScheduler):
         f = self._schedule(1.0)
         t = self.last_epoch
         if t == 0 and self._start_at_zero:
-            ratio = _host(f(0))
+            ratio = _as_float(f(0))
         elif self._is_initial and self._hold_initial:
             ratio = 1.0
         else:
-            before, now = _host(f(t - 1)), _host(f(t))
+            before, now = _as_float(f(t - 1)), _as_float(f(t))
             ratio = 1.0 if now == before else now / before
         return [lr if ratio == 1.0 else lr * ratio for lr in _lrs(self.optimizer)]
 
@@ -185,7 +185,7 @@ class CosineAnnealingLR(LRScheduler):
         if self._step_count == 1 and t > 0:
             return self._closed_form()
         h = schedules.cosine_annealing_lr(1.0, self.T_max)
-        now, before = _host(h(t)), _host(h(t - 1))
+        now, before = _as_float(h(t)), _as_float(h(t - 1))
         if (t - 1 - self.T_max) % (2 * self.T_max) == 0:
             return [
                 lr + (base - eta_min) * (now - before)

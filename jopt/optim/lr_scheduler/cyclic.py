@@ -12,9 +12,9 @@ import numpy as np
 from jopt import schedules
 from jopt.optim.lr_scheduler.base import (
     LRScheduler,
+    _as_float,
     _check_optimizer,
     _function_state,
-    _host,
     _lrs,
     _per_group,
     _set_momentum,
@@ -106,14 +106,14 @@ class CyclicLR(LRScheduler):
     def _chain(self) -> list[float]:
         t, shape = self.last_epoch, self._shape()
         lrs = [
-            _host(schedules.cyclic_lr(base, top, **shape)(t))
+            _as_float(schedules.cyclic_lr(base, top, **shape)(t))
             for base, top in zip(self.base_lrs, self.max_lrs, strict=True)
         ]
         if self.cycle_momentum:
             for group, bottom, top in zip(
                 self.optimizer.param_groups, self.base_momentums, self.max_momentums, strict=True
             ):
-                value = _host(schedules.cyclic_momentum(bottom, top, **shape)(t))
+                value = _as_float(schedules.cyclic_momentum(bottom, top, **shape)(t))
                 _set_momentum(group, value, self.use_beta1)
         return lrs
 
@@ -204,12 +204,12 @@ class OneCycleLR(LRScheduler):
         with np.errstate(all="ignore"):
             for group in self.optimizer.param_groups:
                 ends = (group["initial_lr"], group["max_lr"], group["min_lr"])
-                lrs.append(_host(one_cycle_value(np, np.float64(t), *phases, *ends)))
+                lrs.append(_as_float(one_cycle_value(np, np.float64(t), *phases, *ends)))
                 if self.cycle_momentum:
                     value = one_cycle_momentum_value(
                         np, np.float64(t), *phases, group["base_momentum"], group["max_momentum"]
                     )
-                    _set_momentum(group, _host(value), self.use_beta1)
+                    _set_momentum(group, _as_float(value), self.use_beta1)
         return lrs
 
 
@@ -246,7 +246,7 @@ class CosineAnnealingWarmRestarts(LRScheduler):
 
     def _chain(self) -> list[float]:
         return [
-            _host(schedules.cosine_annealing_lr(base, self.T_i, self.eta_min)(self.T_cur))
+            _as_float(schedules.cosine_annealing_lr(base, self.T_i, self.eta_min)(self.T_cur))
             for base in self.base_lrs
         ]
 

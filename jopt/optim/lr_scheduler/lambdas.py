@@ -8,8 +8,8 @@ from typing import Any
 from jopt import schedules
 from jopt.optim.lr_scheduler.base import (
     LRScheduler,
+    _as_float,
     _function_state,
-    _host,
     _lrs,
 )
 
@@ -36,7 +36,7 @@ class LambdaLR(LRScheduler):
 
     def _chain(self) -> list[float]:
         return [
-            _host(schedules.lambda_lr(base, fn)(self.last_epoch))
+            _as_float(schedules.lambda_lr(base, fn)(self.last_epoch))
             for fn, base in zip(self.lr_lambdas, self.base_lrs, strict=True)
         ]
 
