@@ -281,6 +281,7 @@ def inject_hyperparams(
         def update(
             updates: Any, state: InjectHyperparamsState, params: Any = None, **extra: Any
         ) -> tuple[Any, InjectHyperparamsState]:
+            _check_assigned(state.hyperparams, dynamic, zero_static, factory)
             hyperparams = current(state.count, state.hyperparams)
             inner = factory(**fixed, **hyperparams)
             if isinstance(inner, GradientTransformationExtraArgs):
@@ -296,6 +297,26 @@ def inject_hyperparams(
     wrapped.__name__ = getattr(factory, "__name__", "wrapped")
     wrapped.__signature__ = signature  # type: ignore[attr-defined]
     return wrapped
+
+
+def _check_assigned(
+    assigned: dict[str, Any], dynamic: dict[str, Any], zero_static: set[str], factory: Callable
+) -> None:
+    """Refuse a hyperparameter assigned where the step does not read it (the keys are the
+    state's structure, so this costs nothing under ``jit``)."""
+    for key in sorted(set(assigned) - set(dynamic)):
+        if key in zero_static:
+            why = (
+                f"{key} was left at its default of 0, so the term is left out, as torch does; "
+                f"pass {key}=0.0 explicitly to inject_hyperparams({factory.__name__}) to make "
+                "it data"
+            )
+        else:
+            why = f"{key} is static (fixed when the optimizer is built) or not an argument"
+        raise ValueError(f"state.hyperparams[{key!r}] has no effect on this optimizer: {why}")
+    missing = sorted(set(dynamic) - set(assigned))
+    if missing:
+        raise ValueError(f"state.hyperparams lacks {missing}: the optimizer reads them")
 
 
 def _initial(spec: Any) -> Any:

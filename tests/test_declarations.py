@@ -127,3 +127,26 @@ def test_a_misspelt_declaration_fails_at_definition() -> None:
         @jopt.declare(static_when_zero=("weight_decy",))
         def sgd_like(lr: float = 0.1, weight_decay: float = 0.0):
             return jopt.sgd(lr, weight_decay=weight_decay)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "rmsprop"])
+def test_assigning_a_hyperparameter_the_step_does_not_read_is_refused(name: str) -> None:
+    """A static-when-zero term left at 0 is not data: assigning it raises (under jit too) and
+    says how to make it data; passed explicitly as 0.0 it is data and takes effect."""
+    params = dict(MATRICES)
+    factory = jopt.inject_hyperparams(getattr(jopt, name))
+    state = factory(lr=0.1).init(params)
+    state.hyperparams["weight_decay"] = 0.1
+    with pytest.raises(ValueError, match=r"weight_decay=0\.0 explicitly"):
+        jax.jit(factory(lr=0.1).update)(params, state, params)
+    state = factory(lr=0.1).init(params)
+    state.hyperparams["maximize"] = True
+    with pytest.raises(ValueError, match="maximize is static"):
+        factory(lr=0.1).update(params, state, params)
+    explicit = factory(lr=0.1, weight_decay=0.0)
+    zero = jax.tree.map(jnp.zeros_like, params)
+    state = explicit.init(params)
+    plain, _ = explicit.update(zero, state, params)
+    state.hyperparams["weight_decay"] = 0.1
+    decayed, _ = explicit.update(zero, state, params)
+    assert not jnp.allclose(plain["a"], decayed["a"])
