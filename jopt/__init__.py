@@ -41,6 +41,7 @@ from jopt.optimizers import (
     sparse_adam,
 )
 from jopt.plateau import ReduceOnPlateauState, plateau_step, reduce_on_plateau
+from jopt.sharding import init_sharded, state_shardings
 from jopt.transforms import (
     EmaMomentumState,
     ScaleByAdadeltaState,
@@ -133,6 +134,7 @@ __all__ = [
     "ema_momentum",
     "flat_params",
     "identity",
+    "init_sharded",
     "inject_hyperparams",
     "lbfgs",
     "momentum",
@@ -161,6 +163,7 @@ __all__ = [
     "sgd",
     "skip_nonfinite",
     "sparse_adam",
+    "state_shardings",
     "spec_of",
     "swa",
     "trace",

@@ -1,0 +1,143 @@
+"""Checks that need 8 devices: run in their own process by ``test_sharding.py`` with
+``XLA_FLAGS=--xla_force_host_platform_device_count=8`` (the device count is fixed when JAX
+starts). Collected directly (``python -m pytest tests/sharded_checks.py``) they skip on fewer
+devices."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+import jopt
+
+pytestmark = pytest.mark.skipif(
+    jax.device_count() < 8, reason="needs 8 devices: test_sharding.py runs it in its own process"
+)
+
+NAMES = sorted(n for n in jopt.optimizers.__all__ if callable(getattr(jopt, n, None)))
+ELEMENTWISE = [n for n in NAMES if n not in ("lbfgs", "muon", "adafactor")]
+KWARGS = {"sgd": {"momentum": 0.9, "weight_decay": 0.01}, "rmsprop": {"momentum": 0.5}}
+
+
+def _optimizer(name: str) -> jopt.GradientTransformation:
+    if name == "muon":
+        return jopt.muon(lr=0.02)
+    return getattr(jopt, name)(**{"lr": 0.01, **KWARGS.get(name, {})})
+
+
+def _params(seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    return {
+        "layer": {"w": rng.normal(size=(16, 24)), "v": rng.normal(size=(32, 8))},
+        "b": rng.normal(size=(8,)),
+    }
+
+
+def _placed(params: dict, mesh: Mesh) -> dict:
+    """Matrices sharded over the mesh's axis along their first dimension; vectors replicated
+    (torch-style FSDP shards every matrix; an 8-vector stays whole)."""
+
+    def put(x):
+        spec = PartitionSpec("fsdp") if x.ndim == 2 else PartitionSpec()
+        return jax.device_put(jnp.asarray(x, jnp.float32), NamedSharding(mesh, spec))
+
+    return jax.tree.map(put, params)
+
+
+def _loss(params, x):
+    h = jnp.tanh(x @ params["layer"]["w"][:, :8] + params["b"])
+    return jnp.mean((h @ params["layer"]["v"][:8].T) ** 2)
+
+
+@pytest.fixture(scope="module")
+def mesh() -> Mesh:
+    return Mesh(np.array(jax.devices()), ("fsdp",))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_state_is_created_sharded_like_its_parameters(name, mesh):
+    params = _placed(_params(), mesh)
+    if name == "muon":
+        params = {"layer": params["layer"]}
+    opt = _optimizer(name)
+    state = jopt.init_sharded(opt, params)
+    expected = jopt.state_shardings(opt, params)
+    for leaf, sharding in zip(jax.tree.leaves(state), jax.tree.leaves(expected)):
+        assert leaf.sharding.is_equivalent_to(sharding, leaf.ndim)
+    if name == "lbfgs":
+        return
+    # every per-parameter buffer is sharded as its parameter is
+    flat_params = {
+        jax.tree_util.keystr(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+    }
+    matched = 0
+    for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+        key = jax.tree_util.keystr(path)
+        for pkey, p in flat_params.items():
+            if key.endswith(pkey) and leaf.shape == p.shape:
+                assert leaf.sharding.is_equivalent_to(p.sharding, p.ndim), key
+                matched += 1
+    if name not in ("adafactor",):
+        assert matched >= len(flat_params)
+
+
+def _step(opt):
+    def step(params, state, x):
+        grads = jax.grad(_loss)(params, x)
+        updates, state = opt.update(grads, state, params)
+        return jopt.apply_updates(params, updates), state
+
+    return step
+
+
+@pytest.mark.parametrize("name", ELEMENTWISE)
+def test_fully_sharded_step_equals_one_device(name, mesh):
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(4, 16)), jnp.float32)
+    opt = _optimizer(name)
+    params = _placed(_params(), mesh)
+    state = jopt.init_sharded(opt, params)
+    shardings = (
+        jax.tree.map(lambda p: p.sharding, params),
+        jopt.state_shardings(opt, params),
+    )
+    step = jax.jit(
+        _step(opt),
+        in_shardings=(*shardings, NamedSharding(mesh, PartitionSpec())),
+        out_shardings=shardings,
+    )
+    one = jax.devices()[0]
+    ref_params = jax.device_put(jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), _params()), one)
+    ref_state = opt.init(ref_params)
+    ref_step = jax.jit(_step(opt))
+    for _ in range(20):
+        params, state = step(params, state, x)
+        ref_params, ref_state = ref_step(ref_params, ref_state, x)
+    # the sharded matmul's gradient sums in another order: float32 rounding, compounded
+    for a, b in zip(jax.tree.leaves((params, state)), jax.tree.leaves((ref_params, ref_state))):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+
+
+COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
+
+
+@pytest.mark.parametrize("name", ELEMENTWISE)
+def test_sharded_update_communicates_nothing(name, mesh):
+    """The compiled update over sharded gradients, state and parameters holds no collective:
+    each device updates its own shard (no all-gather of optimizer state)."""
+    opt = _optimizer(name)
+    params = _placed(_params(), mesh)
+    state = jopt.init_sharded(opt, params)
+    param_shardings = jax.tree.map(lambda p: p.sharding, params)
+    state_shardings = jopt.state_shardings(opt, params)
+    update = jax.jit(
+        opt.update,
+        in_shardings=(param_shardings, state_shardings, param_shardings),
+        out_shardings=(param_shardings, state_shardings),
+    )
+    hlo = update.lower(params, state, params).compile().as_text()
+    assert [c for c in COLLECTIVES if c in hlo] == [], name
+    # and the program really is sharded: a shard of the (16, 24) matrix is (2, 24)
+    assert "f32[2,24]" in hlo

@@ -1,0 +1,55 @@
+"""Sharded optimizer state (``jopt.state_shardings``, ``jopt.init_sharded``) and sharded
+training, on 8 CPU devices in a process of their own (JAX fixes the device count when it
+starts): the checks are in ``sharded_checks.py``; this file runs them and reports each."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec
+
+import jopt
+
+HERE = Path(__file__).parent
+
+
+def test_the_eight_device_checks_pass_in_their_own_process(tmp_path):
+    env = {
+        **os.environ,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+        "JAX_PLATFORMS": "cpu",
+    }
+    report = tmp_path / "report.xml"
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "",
+         str(HERE / "sharded_checks.py"), f"--junitxml={report}"],
+        env=env, capture_output=True, text=True, timeout=540, check=False,
+    )
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
+    assert " passed" in done.stdout and "skipped" not in done.stdout, done.stdout[-2000:]
+
+
+def test_state_shardings_on_one_device_follow_the_parameters():
+    """The same rule on one device (a SingleDeviceSharding): every leaf placed there."""
+    device = jax.devices()[0]
+    params = jax.device_put({"w": jnp.ones((3, 2)), "b": jnp.zeros(2)}, device)
+    state = jopt.init_sharded(jopt.adam(), params)
+    assert all(leaf.sharding.device_set == {device} for leaf in jax.tree.leaves(state))
+
+
+def test_state_shardings_name_a_parameter_without_one():
+    params = {"w": jax.ShapeDtypeStruct((3, 2), jnp.float32)}
+    with pytest.raises(ValueError, match=r"parameter \['w'\] has no sharding"):
+        jopt.state_shardings(jopt.sgd(0.1), params)
+    mesh = jax.sharding.Mesh(jax.devices()[:1], ("fsdp",))
+    placed = {"w": jax.ShapeDtypeStruct((3, 2), jnp.float32,
+                                         sharding=NamedSharding(mesh, PartitionSpec("fsdp")))}
+    shardings = jopt.state_shardings(jopt.sgd(0.1, momentum=0.9), placed)
+    spec = jax.tree.leaves(shardings)[1].spec
+    assert spec == PartitionSpec("fsdp")
