@@ -141,3 +141,96 @@ def test_sharded_update_communicates_nothing(name, mesh):
     assert [c for c in COLLECTIVES if c in hlo] == [], name
     # and the program really is sharded: a shard of the (16, 24) matrix is (2, 24)
     assert "f32[2,24]" in hlo
+
+
+# ------------------------------------------------------------------------------------------
+# jopt.train over 8 devices
+# ------------------------------------------------------------------------------------------
+
+# every optimizer in CI's slow pass; two in the default run
+TRAIN = [
+    pytest.param(n, marks=() if n in ("adam", "sgd") else pytest.mark.slow)
+    for n in NAMES
+    if n not in ("lbfgs", "muon")
+]
+
+
+def _fit(name, placement, epochs=13):
+    from flax import nnx
+
+    from jopt.train import MLP, fit, load_iris
+
+    model = MLP(4, (16,), 3, rngs=nnx.Rngs(0))
+    return fit(model, _optimizer(name), load_iris(), epochs=epochs, batch_size=16,
+               placement=placement)
+
+
+@pytest.mark.parametrize("name", TRAIN)
+def test_data_parallel_training_equals_one_device(name):
+    """13 epochs of 8 steps (104 steps) with each batch split over 8 devices."""
+    from jopt.train import Placement, make_mesh
+
+    sharded = _fit(name, Placement(make_mesh(8)))
+    one = _fit(name, None)
+    assert sharded.state.params["layers"][0]["kernel"].sharding.is_fully_replicated
+    for a, b in zip(jax.tree.leaves(sharded.state.params), jax.tree.leaves(one.state.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        sharded.history["train_loss"], one.history["train_loss"], rtol=1e-5, atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("name", ["adam", "sgd", "adafactor", "nadam"])
+def test_fully_sharded_training_shards_state_like_parameters(name):
+    from jopt.train import Placement, make_mesh
+
+    result = _fit(name, Placement(make_mesh(8), fsdp=True), epochs=4)
+    one = _fit(name, None, epochs=4)
+    kernel = result.state.params["layers"][0]["kernel"]  # (4, 16): split along the 16
+    assert kernel.sharding.spec == PartitionSpec(None, "data")
+    assert kernel.addressable_shards[0].data.shape == (4, 2)
+    params = {
+        jax.tree_util.keystr(p): x
+        for p, x in jax.tree_util.tree_flatten_with_path(result.state.params)[0]
+    }
+    for path, leaf in jax.tree_util.tree_flatten_with_path(result.state.opt_state)[0]:
+        key = jax.tree_util.keystr(path)
+        owner = [p for k, p in params.items() if key.endswith(k) and p.shape == leaf.shape]
+        if owner:
+            assert leaf.sharding.is_equivalent_to(owner[0].sharding, leaf.ndim), key
+    for a, b in zip(jax.tree.leaves(result.state.params), jax.tree.leaves(one.state.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+
+
+def test_a_sweep_splits_its_runs_over_the_devices():
+    from jopt.train import Placement, load_iris, make_mesh, sweep
+
+    lrs = np.geomspace(1e-3, 1e-1, 16)
+    sharded = sweep(jopt.adam, load_iris(), lrs, epochs=5, placement=Placement(make_mesh(8)))
+    one = sweep(jopt.adam, load_iris(), lrs, epochs=5)
+    kernel = sharded.state.params["layers"][0]["kernel"]
+    assert kernel.shape[0] == 16 and kernel.addressable_shards[0].data.shape[0] == 2
+    np.testing.assert_allclose(
+        sharded.history["test_loss"], one.history["test_loss"], rtol=1e-5, atol=1e-6
+    )
+
+
+def test_placements_refuse_what_does_not_split():
+    from jopt.train import Placement, load_iris, make_mesh, sweep
+
+    with pytest.raises(ValueError, match="batch size 12 does not split over 8 devices"):
+        _fit_batch(12, Placement(make_mesh(8)))
+    with pytest.raises(ValueError, match="6 runs do not split over 8 devices"):
+        sweep(jopt.adam, load_iris(), np.ones(6), epochs=1, placement=Placement(make_mesh(8)))
+    with pytest.raises(ValueError, match="asked for 9 devices, 8 available"):
+        make_mesh(9)
+
+
+def _fit_batch(batch_size, placement):
+    from flax import nnx
+
+    from jopt.train import MLP, fit, load_iris
+
+    model = MLP(4, (16,), 3, rngs=nnx.Rngs(0))
+    return fit(model, jopt.sgd(0.1), load_iris(), epochs=1, batch_size=batch_size,
+               placement=placement)

@@ -19,20 +19,28 @@ import jopt
 HERE = Path(__file__).parent
 
 
-def test_the_eight_device_checks_pass_in_their_own_process(tmp_path):
+def _run_checks(marker: str) -> None:
     env = {
         **os.environ,
         "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
         "JAX_PLATFORMS": "cpu",
     }
-    report = tmp_path / "report.xml"
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "",
-         str(HERE / "sharded_checks.py"), f"--junitxml={report}"],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", marker,
+         str(HERE / "sharded_checks.py")],
         env=env, capture_output=True, text=True, timeout=540, check=False,
     )
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
     assert " passed" in done.stdout and "skipped" not in done.stdout, done.stdout[-2000:]
+
+
+def test_the_eight_device_checks_pass_in_their_own_process():
+    _run_checks("not slow")
+
+
+@pytest.mark.slow
+def test_the_long_eight_device_tables_pass_in_their_own_process():
+    _run_checks("slow")
 
 
 def test_state_shardings_on_one_device_follow_the_parameters():

@@ -33,6 +33,7 @@ from jopt.train.model import (
 )
 from jopt.train.names import METRICS
 from jopt.train.runner import RunResult, Session, run
+from jopt.train.sharding import Placement, make_mesh
 from jopt.train.steps import (
     Trainer,
     TrainState,
@@ -52,6 +53,7 @@ __all__ = [
     "FitResult",
     "LrControl",
     "MLPFactory",
+    "Placement",
     "Plateau",
     "RunConfig",
     "RunResult",
@@ -70,6 +72,7 @@ __all__ = [
     "init_params",
     "l2_penalty",
     "load_iris",
+    "make_mesh",
     "make_train_step",
     "merge_params",
     "run",

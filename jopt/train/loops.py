@@ -14,6 +14,7 @@ from jopt.train.data import Dataset
 from jopt.train.driver import Callback, drive
 from jopt.train.lr import LrControl
 from jopt.train.model import MLPFactory, merge_params, split_params
+from jopt.train.sharding import Placement
 from jopt.train.steps import Trainer, TrainState
 
 __all__ = ["FitResult", "SweepResult", "fit", "sweep"]
@@ -62,6 +63,7 @@ def fit(
     callbacks: Sequence[Callback | Callable[..., Any]] = (),
     state: TrainState | None = None,
     trainer: Trainer | None = None,
+    placement: Placement | None = None,
 ) -> FitResult:
     """Train ``model`` on ``data`` with ``optimizer`` for ``epochs`` epochs.
 
@@ -72,6 +74,8 @@ def fit(
     default, one at a time when there are ``callbacks`` (:class:`~jopt.train.driver.Callback`,
     or functions ``(epoch, metrics, state)``; one returning ``True`` stops the run). ``state``
     resumes a run at ``state.epoch``; ``trainer`` reuses its compiled programs.
+    ``placement`` lays the run over a mesh of devices (:class:`~jopt.train.sharding.Placement`:
+    data parallel, or fully sharded with ``fsdp=True``).
     """
     if epochs < 0:
         raise ValueError(f"epochs must be non-negative, got {epochs}")
@@ -79,7 +83,7 @@ def fit(
     if trainer is None:
         trainer = Trainer(graphdef, optimizer, num_train=len(data.x_train),
                           batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, l2=l2,
-                          lr_control=lr_control)
+                          lr_control=lr_control, placement=placement)
     if state is None:
         state = trainer.init(params, seed)
     done = drive(trainer, state, data, epochs, epochs_per_call=epochs_per_call,
@@ -129,6 +133,7 @@ def sweep(
     lr_control: LrControl | Callable[..., Any] | None = None,
     callbacks: Sequence[Callback | Callable[..., Any]] = (),
     trainer: Trainer | None = None,
+    placement: Placement | None = None,
     **optimizer_kwargs: Any,
 ) -> SweepResult:
     """Train K = ``len(lrs)`` configurations at once: one compile, ``vmap`` over the runs.
@@ -139,6 +144,7 @@ def sweep(
     ``seeds[k]`` with :func:`~jopt.train.steps.init_params` and shuffles with the same seed: it
     equals ``fit(model_fn(nnx.Rngs(jax.random.key(seeds[k]))), inject_hyperparams(optimizer)(
     lr=lrs[k], ...), data, seed=seeds[k])``. Callbacks see each epoch's metrics of all K runs.
+    ``placement`` splits the K runs over its devices (K a multiple of their number).
     """
     lrs = np.asarray(lrs, np.float32).reshape(-1)
     k = len(lrs)
@@ -153,7 +159,8 @@ def sweep(
         opt = inject_hyperparams(optimizer)(**first, **optimizer_kwargs)
         graphdef = nnx.graphdef(nnx.eval_shape(lambda: model_fn(nnx.Rngs(0))))
         trainer = Trainer(graphdef, opt, num_train=len(data.x_train), batch_size=batch_size,
-                          shuffle=shuffle, drop_last=drop_last, l2=l2, lr_control=lr_control)
+                          shuffle=shuffle, drop_last=drop_last, l2=l2, lr_control=lr_control,
+                          placement=placement)
     params = trainer.params_of(model_fn, seeds_arr)
     state = trainer.init_batched(params, seeds_arr, **hyper)
     done = drive(trainer, state, data, epochs, callbacks=callbacks)

@@ -36,6 +36,7 @@ from jopt.train.data import Dataset, batch_indices, epoch_key, num_batches, shuf
 from jopt.train.lr import LrControl, Scheduled, current_lr, find_hyperparams, set_hyperparams
 from jopt.train.model import apply, cross_entropy, loss_and_metrics, split_params
 from jopt.train.names import METRICS
+from jopt.train.sharding import Placement
 
 __all__ = [
     "TrainState",
@@ -155,13 +156,17 @@ class Trainer:
     lr_control: LrControl | Callable[[jax.Array, jax.Array], jax.Array] | None = None
     compiler_options: dict[str, Any] | None = None
     compile_seconds: float = 0.0
+    placement: Placement | None = None
 
     def __post_init__(self) -> None:
         if self.lr_control is not None and not isinstance(self.lr_control, LrControl):
             self.lr_control = Scheduled(self.lr_control)
         self.steps_per_epoch = num_batches(self.num_train, self.batch_size, self.drop_last)
+        if self.placement is not None:
+            self.placement.check_batch(self.batch_size)
         self._compiled: dict[tuple[str, int], Any] = {}
         self._param_inits: dict[Any, Any] = {}
+        self._placements: dict[str, Any] = {}
         if self.compiler_options is None:
             self.compiler_options = small_program_options()
         options = self.compiler_options
@@ -215,7 +220,9 @@ class Trainer:
 
     # -- the epoch -----------------------------------------------------------------------
 
-    def _epoch(self, state: TrainState, data: tuple[jax.Array, ...]) -> tuple[TrainState, Any]:
+    def _epoch(
+        self, state: TrainState, data: tuple[jax.Array, ...], shard_batch: bool = False
+    ) -> tuple[TrainState, Any]:
         x_train, y_train, x_test, y_test = data
         n, steps = x_train.shape[0], self.steps_per_epoch
         key = epoch_key(jax.random.wrap_key_data(state.key), state.epoch)
@@ -229,6 +236,11 @@ class Trainer:
             i, rows, keep = batch
             x, y = x_train[rows], y_train[rows]
             m = keep if padded else None
+            if shard_batch:  # data parallel: each device takes its rows, XLA sums the grads
+                x, y = jax.lax.with_sharding_constraint((x, y), self.placement.batch())
+                m = None if m is None else jax.lax.with_sharding_constraint(
+                    m, self.placement.batch()
+                )
             if control is not None:
                 lr = control.lr(state.lr_state, state.base_lr, i)
                 opt_state = set_hyperparams(opt_state, lr=lr)
@@ -260,21 +272,52 @@ class Trainer:
         new = TrainState(params, opt_state, state.epoch + 1, state.key, state.base_lr, lr_state)
         return new, metrics
 
-    def _run(self, state: TrainState, data: tuple[jax.Array, ...], epochs: int) -> Any:
-        return jax.lax.scan(lambda s, _: self._epoch(s, data), state, None, length=epochs)
+    def _run(
+        self, state: TrainState, data: tuple[jax.Array, ...], epochs: int, shard_batch: bool
+    ) -> Any:
+        return jax.lax.scan(
+            lambda s, _: self._epoch(s, data, shard_batch), state, None, length=epochs
+        )
 
     # -- compiled programs ---------------------------------------------------------------
 
     def _program(self, kind: str, epochs: int, state: TrainState, data: Any) -> Any:
         key = (kind, epochs)
         if key not in self._compiled:
-            fn = self._run if kind == "single" else jax.vmap(self._run, in_axes=(0, None, None))
+            placed = self.placement
+            fn = functools.partial(self._run, shard_batch=placed is not None and kind == "single")
+            if kind != "single":
+                fn = jax.vmap(fn, in_axes=(0, None, None))
+            shardings = {}
+            if placed is not None:
+                where = self._shardings(kind, state)
+                shardings = dict(in_shardings=(where, placed.replicated()),
+                                 out_shardings=(where, placed.replicated()))
             jitted = jax.jit(fn, static_argnums=2, donate_argnums=0,
-                             compiler_options=self.compiler_options)
+                             compiler_options=self.compiler_options, **shardings)
             start = time.perf_counter()
             self._compiled[key] = jitted.lower(state, data, epochs).compile()
             self.compile_seconds += time.perf_counter() - start
         return self._compiled[key]
+
+    def _shardings(self, kind: str, state: TrainState) -> Any:
+        """Where the placement puts a state of this kind (worked out once per kind)."""
+        if kind not in self._placements:
+            self._placements[kind] = self.placement.state(
+                self.optimizer, state, batched=kind != "single"
+            )
+        return self._placements[kind]
+
+    def place(self, state: TrainState, data: Any = None) -> tuple[TrainState, Any]:
+        """``state`` (and ``data``'s arrays) on the trainer's devices, as its placement says;
+        as they are without one."""
+        arrays = None if data is None else device_data(data)
+        if self.placement is None:
+            return state, arrays
+        state = jax.device_put(state, self._shardings(_kind(state), state))
+        if arrays is not None:
+            arrays = jax.device_put(arrays, self.placement.replicated())
+        return state, arrays
 
     def is_compiled(self, state: TrainState, epochs: int) -> bool:
         """Whether ``run(state, ..., epochs)`` has its program already."""
@@ -282,7 +325,8 @@ class Trainer:
 
     def compile(self, state: TrainState, data: Dataset, epochs: int = 1) -> None:
         """Compile ``run(state, data, epochs)`` now (``compile_seconds`` accumulates)."""
-        self._program(_kind(state), epochs, state, device_data(data))
+        state, arrays = self.place(state, data)
+        self._program(_kind(state), epochs, state, arrays)
 
     def run(
         self, state: TrainState, data: Dataset | tuple, epochs: int = 1
@@ -292,7 +336,7 @@ class Trainer:
         ``state`` is donated: its arrays are consumed. The history maps each of ``METRICS`` to
         an array with a leading axis ``epochs`` (after the run axis K when batched).
         """
-        arrays = device_data(data)
+        state, arrays = self.place(state, data)
         state, history = self._program(_kind(state), epochs, state, arrays)(state, arrays)
         return state, history
 
