@@ -5,7 +5,7 @@ that follows ``torch.optim.Adam`` step for step; ``jopt.inject_hyperparams`` mak
 hyperparameters data; ``jopt.optim`` is the ``torch.optim``-style facade on top.
 """
 
-from jopt import schedules
+from jopt import prune, schedules
 from jopt.core import (
     EmptyState,
     FactorySpec,
@@ -142,6 +142,7 @@ __all__ = [
     "nadam",
     "orthogonalize_by_newton_schulz",
     "plateau_step",
+    "prune",
     "radam",
     "reduce_on_plateau",
     "rmsprop",
