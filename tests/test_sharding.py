@@ -11,6 +11,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
@@ -61,3 +62,45 @@ def test_state_shardings_name_a_parameter_without_one():
     shardings = jopt.state_shardings(jopt.sgd(0.1, momentum=0.9), placed)
     spec = jax.tree.leaves(shardings)[1].spec
     assert spec == PartitionSpec("fsdp")
+
+
+def _jopt(*argv: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    return subprocess.run(
+        [sys.executable, "-m", "jopt", *argv, "--no-cache"],
+        env=env, capture_output=True, text=True, timeout=300, check=False,
+    )
+
+
+def _final(done: subprocess.CompletedProcess) -> dict:
+    import json
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_cli_trains_on_four_devices_and_resumes_on_one(tmp_path):
+    """``--devices 4`` makes 4 host devices on a CPU; its checkpoint resumes on one device
+    (where a run executes is not part of the recipe) and lands where a one-device run does."""
+    recipe = ("train", "--optimizer", "sgd", "--epochs", "4", "--json")
+    one = _final(_jopt(*recipe))
+    ckpt = str(tmp_path / "ckpt")
+    first = _jopt("train", "--optimizer", "sgd", "--epochs", "2", "--json", "--devices", "4",
+                  "--fsdp", "--checkpoint-dir", ckpt, "--checkpoint-every", "1")
+    assert _final(first)["checkpoints"] == [1, 2]
+    resumed = _final(_jopt(*recipe, "--checkpoint-dir", ckpt, "--resume"))
+    assert resumed["resumed_from"] == 2
+    np.testing.assert_allclose(
+        resumed["history"]["train_loss"], one["history"]["train_loss"], rtol=1e-5
+    )
+
+
+def test_cli_refuses_devices_it_cannot_use():
+    for argv, message in [
+        (("train", "--devices", "3"), "batch size 16 does not split over 3 devices"),
+        (("train", "--fsdp"), "--fsdp shards over several devices"),
+        (("sweep", "--devices", "4", "--runs", "6"), "--runs 6 does not split over 4 devices"),
+    ]:
+        done = _jopt(*argv)
+        assert done.returncode == 2 and message in done.stderr, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1

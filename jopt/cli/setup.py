@@ -33,7 +33,11 @@ class Setup:
 
 
 def start(args: argparse.Namespace) -> Setup:
-    """Checks needing no JAX (a writable ``--plot``), then the compilation cache and counter."""
+    """Checks needing no JAX (a writable ``--plot``), then the devices asked for, the
+    compilation cache and counter."""
+    devices = getattr(args, "devices", 1)
+    if devices > 1:
+        _host_devices(devices)
     if args.plot is not None:
         from jopt.train.plots import check_writable
 
@@ -41,10 +45,30 @@ def start(args: argparse.Namespace) -> Setup:
             check_writable(args.plot)
         except OSError as e:
             raise UsageError(str(e)) from None
+    if devices > 1:
+        import jax
+
+        if jax.device_count() < devices:
+            raise UsageError(
+                f"--devices {devices}: {jax.device_count()} available on "
+                f"{jax.default_backend()}"
+            )
     from jopt.train.cache import CompileCounter, enable_compile_cache
 
     cache = None if args.no_cache else enable_compile_cache()
     return Setup(cache, CompileCounter().start())
+
+
+def _host_devices(n: int) -> None:
+    """Make ``n`` CPU devices when JAX starts (XLA's host platform device count), unless the
+    environment already says how many: a CPU machine then runs ``--devices n`` as it would run
+    on n accelerators. Accelerators are counted as they are. (XLA reads the flag when the
+    first computation starts its backend, which no command has done yet.)"""
+    import os
+
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
 
 
 def load_data(config: Any) -> Any:

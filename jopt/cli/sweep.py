@@ -34,6 +34,13 @@ def run(args: argparse.Namespace) -> int:
     if args.lr_min > args.lr_max:
         raise UsageError(f"--lr-min {args.lr_min:g} is above --lr-max {args.lr_max:g}")
     config = config_of(args, lr=args.lr_min)
+    if args.runs % config.devices:
+        raise UsageError(
+            f"--runs {args.runs} does not split over {config.devices} devices: use a multiple "
+            f"of {config.devices}"
+        )
+    if config.fsdp:
+        raise UsageError("--fsdp: a sweep splits its runs over the devices, each run whole")
     setup = start(args)
     data = load_data(config)
     check_optimizer(config)
@@ -44,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from jopt.train.data import num_batches
     from jopt.train.loops import sweep
     from jopt.train.recipes import OPTIMIZERS, make_lr_control
-    from jopt.train.runner import model_factory
+    from jopt.train.runner import model_factory, placement_of
 
     console = make_console(args)
     lrs = np.geomspace(args.lr_min, args.lr_max, args.runs)
@@ -64,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
             drop_last=config.drop_last,
             l2=config.l2,
             lr_control=control,
+            placement=placement_of(config),
         )
     report = setup.report()
     acc = result.history["test_accuracy"][:, -1]

@@ -32,6 +32,10 @@ FLOAT32_MAX = 3.4028234663852886e38
 FLOAT32_TINY = 1.1754943508222875e-38  # the smallest normal float32: XLA:CPU flushes below it
 SEED_MAX = 2**32 - 1
 WIDTH_MAX = 1 << 16
+DEVICES_MAX = 1 << 12
+PLACEMENT = ("devices", "fsdp")
+"""The fields that say where a run executes, not what it computes: a run resumes on another
+number of devices."""
 EPOCHS_MAX = 10**6
 """The widest hidden layer a run takes (a million-unit layer would hang the machine)."""
 HORIZON_FREE = ("none", "step", "multistep", "exponential", "plateau", "inverse-sqrt")
@@ -171,6 +175,14 @@ class RunConfig:
     test_size: float = setting(
         0.2, "fraction of rows held out for testing (default 0.2)", number(float, 0.0, True)
     )
+    devices: int = setting(
+        1, "devices to train on, each batch split over them (data parallel; on a CPU, that many "
+        "host devices are made); default 1", number(int, 0, True, maximum=DEVICES_MAX),
+    )
+    fsdp: bool = setting(
+        False, "with --devices: shard the parameters and the optimizer state over the devices "
+        "too (fully sharded, ZeRO-3)",
+    )
 
     def check(self) -> None:
         """The checks between fields (each field's own are its parser's): ``ValueError``."""
@@ -193,6 +205,13 @@ class RunConfig:
                     f"{name} is used by the {' and '.join(used_by)} schedule"
                     f"{'s' if len(used_by) > 1 else ''} only, not by {self.schedule!r}"
                 )
+        if self.fsdp and self.devices == 1:
+            raise ValueError("--fsdp shards over several devices: give --devices N")
+        if self.batch_size % self.devices:
+            raise ValueError(
+                f"batch size {self.batch_size} does not split over {self.devices} devices: use "
+                f"a multiple of {self.devices}"
+            )
         if self.milestones is not None and max(self.milestones) > self.epochs:
             raise ValueError(
                 f"milestones {list(self.milestones)} go beyond the {self.epochs} epochs"
@@ -220,10 +239,13 @@ class RunConfig:
     def resume_record(self) -> dict[str, Any]:
         """What a checkpoint must agree with to be resumed by this run: the resolved values
         (``--lr 0.01`` for Adam is the default spelled out), and the number of epochs only
-        where the schedule depends on it (cosine, onecycle): other runs may be extended."""
+        where the schedule depends on it (cosine, onecycle): other runs may be extended. The
+        devices it runs on are left out: a run resumes on another mesh."""
         record = self.resolved().as_record()
         if self.schedule in HORIZON_FREE:
             del record["epochs"]
+        for placement in PLACEMENT:  # where it runs is not what it computes
+            del record[placement]
         return record
 
     @property

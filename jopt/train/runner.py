@@ -24,6 +24,7 @@ from jopt.train.loops import FitResult
 from jopt.train.model import MLPFactory
 from jopt.train.names import METRICS
 from jopt.train.recipes import make_lr_control, make_optimizer
+from jopt.train.sharding import Placement, make_mesh
 from jopt.train.steps import Trainer, TrainState, init_model
 
 __all__ = ["RunConfig", "RunResult", "Session", "check_checkpoints", "run"]
@@ -85,8 +86,16 @@ def _build(config: RunConfig, data: Dataset) -> tuple[Trainer, Any]:
         drop_last=config.drop_last,
         l2=config.l2,
         lr_control=make_lr_control(config, steps),
+        placement=placement_of(config),
     )
     return trainer, params
+
+
+def placement_of(config: RunConfig) -> Placement | None:
+    """Where ``config`` runs: ``None`` on one device, else over ``config.devices``."""
+    if config.devices == 1:
+        return None
+    return Placement(make_mesh(config.devices), fsdp=config.fsdp)
 
 
 def check_checkpoints(checkpoints: Checkpoints, config: RunConfig, resume: bool) -> None:
