@@ -79,6 +79,7 @@ def _final(done: subprocess.CompletedProcess) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_cli_trains_on_four_devices_and_resumes_on_one(tmp_path):
     """``--devices 4`` makes 4 host devices on a CPU; its checkpoint resumes on one device
     (where a run executes is not part of the recipe) and lands where a one-device run does."""
@@ -104,3 +105,47 @@ def test_cli_refuses_devices_it_cannot_use():
         done = _jopt(*argv)
         assert done.returncode == 2 and message in done.stderr, done.stderr
         assert len(done.stderr.strip().splitlines()) == 1
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("name", ["adam", pytest.param("sgd", marks=pytest.mark.slow)])
+def test_two_processes_train_data_parallel_as_one(name):
+    """2 processes x 4 CPU devices joined by ``jax.distributed.initialize`` on a loopback
+    port: 104 data-parallel steps over the 8 devices equal a one-process, one-device run."""
+    import json
+
+    from flax import nnx
+
+    from jopt.train import MLP, fit, load_iris
+
+    port = str(_free_port())
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    worker = str(HERE / "multiprocess_worker.py")
+    procs = [
+        subprocess.Popen([sys.executable, worker, str(i), "2", port, name], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(2)
+    ]
+    try:
+        outputs = [p.communicate(timeout=240) for p in procs]
+    finally:
+        for p in procs:  # nothing outlives the test
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    results = []
+    for p, (out, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-3000:]
+        line = next(line for line in out.splitlines() if line.startswith("RESULT "))
+        results.append(json.loads(line[len("RESULT "):]))
+    one = fit(MLP(4, (16,), 3, rngs=nnx.Rngs(0)), getattr(jopt, name)(lr=0.01), load_iris(),
+              epochs=13, batch_size=16)
+    for r in results:
+        np.testing.assert_allclose(r["train_loss"], one.history["train_loss"], rtol=1e-5)

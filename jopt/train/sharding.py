@@ -27,7 +27,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jopt.core import GradientTransformation
 from jopt.sharding import state_shardings
 
-__all__ = ["Placement", "make_mesh"]
+__all__ = ["Placement", "make_mesh", "put"]
 
 
 def make_mesh(devices: int | None = None, axis: str = "data") -> Mesh:
@@ -39,6 +39,24 @@ def make_mesh(devices: int | None = None, axis: str = "data") -> Mesh:
             f"asked for {n} devices, {len(available)} available on {jax.default_backend()}"
         )
     return Mesh(np.array(available[:n]), (axis,))
+
+
+def put(tree: Any, shardings: Any) -> Any:
+    """``tree``'s arrays placed as ``shardings`` says. With several processes (after
+    ``jax.distributed.initialize``) each process gives the shards its own devices hold from
+    its copy of the values — which every process computed alike from the same seeds — instead
+    of ``jax.device_put``'s cross-process comparison; arrays already spread over processes stay
+    as they are."""
+    if jax.process_count() == 1:
+        return jax.device_put(tree, shardings)
+
+    def one(x: Any, sharding: Any) -> Any:
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return x
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(one, tree, shardings)
 
 
 def _split_largest(shape: tuple[int, ...], parts: int, axis: str) -> PartitionSpec:

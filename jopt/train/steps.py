@@ -36,7 +36,7 @@ from jopt.train.data import Dataset, batch_indices, epoch_key, num_batches, shuf
 from jopt.train.lr import LrControl, Scheduled, current_lr, find_hyperparams, set_hyperparams
 from jopt.train.model import apply, cross_entropy, loss_and_metrics, split_params
 from jopt.train.names import METRICS
-from jopt.train.sharding import Placement
+from jopt.train.sharding import Placement, put
 
 __all__ = [
     "TrainState",
@@ -314,9 +314,9 @@ class Trainer:
         arrays = None if data is None else device_data(data)
         if self.placement is None:
             return state, arrays
-        state = jax.device_put(state, self._shardings(_kind(state), state))
+        state = put(state, self._shardings(_kind(state), state))
         if arrays is not None:
-            arrays = jax.device_put(arrays, self.placement.replicated())
+            arrays = put(arrays, (self.placement.replicated(),) * len(arrays))
         return state, arrays
 
     def is_compiled(self, state: TrainState, epochs: int) -> bool:
