@@ -149,3 +149,46 @@ def test_two_processes_train_data_parallel_as_one(name):
               epochs=13, batch_size=16)
     for r in results:
         np.testing.assert_allclose(r["train_loss"], one.history["train_loss"], rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_cli_runs_as_two_processes():
+    """``jopt train --devices 8 --coordinator ... --num-processes 2 --process-id I`` in two
+    processes (4 host devices each) reports the one-process numbers."""
+    port = str(_free_port())
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    recipe = ["train", "--optimizer", "adam", "--epochs", "3", "--json", "--no-cache"]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "jopt", *recipe, "--devices", "8", "--coordinator",
+             f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for i in range(2)
+    ]
+    try:
+        outputs = [p.communicate(timeout=240) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    one = _final(_jopt(*recipe))
+    for p, (out, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-3000:]
+        import json
+
+        mine = json.loads(out.strip().splitlines()[-1])
+        np.testing.assert_allclose(
+            mine["history"]["train_loss"], one["history"]["train_loss"], rtol=1e-5
+        )
+
+
+def test_cli_refuses_incomplete_process_flags():
+    for argv, message in [
+        (("train", "--num-processes", "2"), "go together"),
+        (("train", "--coordinator", "127.0.0.1:1", "--num-processes", "2", "--process-id", "2"),
+         "--process-id 2 is not below --num-processes 2"),
+    ]:
+        done = _jopt(*argv)
+        assert done.returncode == 2 and message in done.stderr, done.stderr

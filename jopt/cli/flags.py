@@ -88,6 +88,14 @@ def add_output(parser: argparse.ArgumentParser) -> None:
                         help="print one JSON object as the last line of stdout")
     parser.add_argument("--no-cache", action="store_true",
                         help="do not use the persistent compilation cache")
+    group = parser.add_argument_group(
+        "several processes (jax.distributed; give all three, the same in every process)")
+    group.add_argument("--coordinator", metavar="HOST:PORT", default=None,
+                       help="address of process 0, which coordinates the others")
+    group.add_argument("--num-processes", type=positive(int, "--num-processes"), default=None,
+                       metavar="N", help="processes in the run")
+    group.add_argument("--process-id", type=typed(number(int, 0), "--process-id"),
+                       default=None, metavar="I", help="this process, 0..N-1")
 
 
 def optimizer_list(text: str) -> tuple[str, ...]:

@@ -36,8 +36,9 @@ def start(args: argparse.Namespace) -> Setup:
     """Checks needing no JAX (a writable ``--plot``), then the devices asked for, the
     compilation cache and counter."""
     devices = getattr(args, "devices", 1)
+    processes = _processes(args)
     if devices > 1:
-        _host_devices(devices)
+        _host_devices(devices // processes)
     if args.plot is not None:
         from jopt.train.plots import check_writable
 
@@ -45,6 +46,8 @@ def start(args: argparse.Namespace) -> Setup:
             check_writable(args.plot)
         except OSError as e:
             raise UsageError(str(e)) from None
+    if processes > 1:
+        _join(args)
     if devices > 1:
         import jax
 
@@ -57,6 +60,37 @@ def start(args: argparse.Namespace) -> Setup:
 
     cache = None if args.no_cache else enable_compile_cache()
     return Setup(cache, CompileCounter().start())
+
+
+def _processes(args: argparse.Namespace) -> int:
+    """The number of processes the flags ask for (1 without them), checked together."""
+    given = [getattr(args, k, None) for k in ("coordinator", "num_processes", "process_id")]
+    if all(v is None for v in given):
+        return 1
+    if any(v is None for v in given):
+        raise UsageError("--coordinator, --num-processes and --process-id go together")
+    coordinator, processes, process_id = given
+    if process_id >= processes:
+        raise UsageError(f"--process-id {process_id} is not below --num-processes {processes}")
+    devices = getattr(args, "devices", 1)
+    if devices % processes:
+        raise UsageError(f"--devices {devices} does not split over {processes} processes")
+    if getattr(args, "checkpoint_dir", None) is not None and processes > 1:
+        raise UsageError("--checkpoint-dir writes from one process: run without it, or with "
+                         "--num-processes 1")
+    return processes
+
+
+def _join(args: argparse.Namespace) -> None:
+    """``jax.distributed.initialize`` with the flags; on CPUs, collectives over gloo."""
+    import jax
+
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    try:
+        jax.distributed.initialize(args.coordinator, num_processes=args.num_processes,
+                                   process_id=args.process_id, initialization_timeout=120)
+    except Exception as e:  # the coordinator unreachable, a bad address: one line
+        raise UsageError(f"--coordinator {args.coordinator}: {str(e).splitlines()[0]}") from None
 
 
 def _host_devices(n: int) -> None:
