@@ -44,6 +44,7 @@ from jopt.plateau import ReduceOnPlateauState, plateau_step, reduce_on_plateau
 from jopt.sharding import init_sharded, state_shardings
 from jopt.transforms import (
     EmaMomentumState,
+    MagnitudePruningState,
     ScaleByAdadeltaState,
     ScaleByAdafactorState,
     ScaleByAdagradState,
@@ -63,6 +64,10 @@ from jopt.transforms import (
     adjust_lr_by_shape,
     clip_by_global_norm,
     ema_momentum,
+    gradual_pruning,
+    keep_pruned,
+    magnitude_pruning,
+    masked_updates,
     orthogonalize_by_newton_schulz,
     scale,
     scale_by_adadelta,
@@ -92,6 +97,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "EmaMomentumState",
+    "MagnitudePruningState",
     "EmptyState",
     "FactorySpec",
     "GradientTransformation",
@@ -133,10 +139,14 @@ __all__ = [
     "ema",
     "ema_momentum",
     "flat_params",
+    "gradual_pruning",
     "identity",
     "init_sharded",
     "inject_hyperparams",
+    "keep_pruned",
     "lbfgs",
+    "magnitude_pruning",
+    "masked_updates",
     "momentum",
     "muon",
     "nadam",

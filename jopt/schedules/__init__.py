@@ -31,6 +31,7 @@ from jopt.schedules.decay import (
     polynomial_lr,
     step_lr,
 )
+from jopt.schedules.sparsity import polynomial_sparsity
 
 __all__ = [
     "constant",
@@ -48,6 +49,7 @@ __all__ = [
     "one_cycle_lr",
     "one_cycle_momentum",
     "polynomial_lr",
+    "polynomial_sparsity",
     "sequential",
     "step_lr",
 ]

@@ -17,7 +17,8 @@ The modules are families of rules: :mod:`~jopt.transforms.common` (scale, decay 
 clipping, learning rate, ``skip_nonfinite``), :mod:`~jopt.transforms.momentum`,
 :mod:`~jopt.transforms.adam`, :mod:`~jopt.transforms.rms` (RMSprop, Adagrad, Adadelta),
 :mod:`~jopt.transforms.sign` (Rprop), :mod:`~jopt.transforms.averaging` (ASGD),
-:mod:`~jopt.transforms.factored` (Adafactor) and :mod:`~jopt.transforms.orthogonal` (Muon).
+:mod:`~jopt.transforms.factored` (Adafactor), :mod:`~jopt.transforms.orthogonal` (Muon) and
+:mod:`~jopt.transforms.pruning` (pruned weights held at zero, gradual magnitude pruning).
 """
 
 from jopt.transforms.adam import (
@@ -46,6 +47,13 @@ from jopt.transforms.common import (
 from jopt.transforms.factored import ScaleByAdafactorState, scale_by_adafactor
 from jopt.transforms.momentum import EmaMomentumState, TraceState, ema_momentum, trace
 from jopt.transforms.orthogonal import adjust_lr_by_shape, orthogonalize_by_newton_schulz
+from jopt.transforms.pruning import (
+    MagnitudePruningState,
+    gradual_pruning,
+    keep_pruned,
+    magnitude_pruning,
+    masked_updates,
+)
 from jopt.transforms.rms import (
     ScaleByAdadeltaState,
     ScaleByAdagradState,
@@ -58,6 +66,7 @@ from jopt.transforms.sign import ScaleByRpropState, scale_by_rprop
 
 __all__ = [
     "EmaMomentumState",
+    "MagnitudePruningState",
     "ScaleByAdadeltaState",
     "ScaleByAdafactorState",
     "ScaleByAdagradState",
@@ -77,6 +86,10 @@ __all__ = [
     "adjust_lr_by_shape",
     "clip_by_global_norm",
     "ema_momentum",
+    "gradual_pruning",
+    "keep_pruned",
+    "magnitude_pruning",
+    "masked_updates",
     "orthogonalize_by_newton_schulz",
     "scale",
     "scale_by_adadelta",
