@@ -11,7 +11,8 @@ import numpy as np
 
 from jopt.core import is_concrete
 from jopt.optimizers.common import _nonneg
-from jopt.transforms.lbfgs import LbfgsRun, LbfgsState, init_lbfgs_state, lbfgs_machine, run_lbfgs
+from jopt.transforms.lbfgs import LbfgsRun, LbfgsState, lbfgs_machine, run_lbfgs
+from jopt.transforms.lbfgs_memory import init_lbfgs_state
 
 __all__ = ["Lbfgs", "lbfgs", "ravel"]
 

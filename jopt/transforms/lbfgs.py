@@ -1,5 +1,6 @@
-"""L-BFGS, ``torch.optim.LBFGS``: the history, the two-loop recursion, cubic interpolation, the
-strong-Wolfe line search, and torch's whole step as one state machine.
+"""L-BFGS, ``torch.optim.LBFGS``: torch's whole step as one state machine, over the memory of
+:mod:`~jopt.transforms.lbfgs_memory` and the line-search pieces of
+:mod:`~jopt.transforms.line_search`.
 
 One torch ``step`` evaluates the function several times, so the step is written as a machine
 that is handed one evaluation at a time: :meth:`LbfgsMachine.start` makes a :class:`LbfgsRun`
@@ -28,57 +29,25 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = [
-    "LbfgsMachine",
-    "LbfgsRun",
-    "LbfgsState",
-    "cubic_interpolate",
-    "lbfgs_direction",
-    "lbfgs_machine",
-    "run_lbfgs",
-    "update_lbfgs_memory",
-]
+from jopt.transforms.lbfgs_memory import (
+    LbfgsState,
+    lbfgs_direction,
+    update_lbfgs_memory,
+)
+from jopt.transforms.line_search import (
+    cubic_interpolate,
+    max_like_python,
+    min_like_python,
+    strong_curvature,
+    sufficient_decrease,
+)
 
-C1, C2 = 1e-4, 0.9
-"""torch's sufficient-decrease and curvature constants of the strong-Wolfe search."""
-
-MIN_CURVATURE = 1e-10
-"""A pair (y, s) enters the history only when ``y . s`` exceeds this (torch's rule)."""
+__all__ = ["LbfgsMachine", "LbfgsRun", "SearchState", "lbfgs_machine", "run_lbfgs"]
 
 # Phases of a run. The first four wait for an evaluation at ``x_eval``.
 FIRST, FIXED, BRACKET, ZOOM = 0, 1, 2, 3
 ITERATE, CHECK, SEARCH, REFINE, FINISH = 4, 5, 6, 7, 8
 DONE = 9
-
-
-class LbfgsState(NamedTuple):
-    """What persists between steps, under torch's names.
-
-    ``old_dirs`` (the ``y = g_k - g_{k-1}``), ``old_stps`` (the ``s = t d``) and ``ro``
-    (``1 / y.s``) are ring buffers of ``history_size`` rows; the ``count`` newest are in use,
-    the next one is written at ``head``. ``al`` holds the last two-loop coefficients by
-    history position (oldest first), as torch's ``state["al"]``.
-    """
-
-    d: jax.Array
-    t: jax.Array
-    old_dirs: jax.Array
-    old_stps: jax.Array
-    ro: jax.Array
-    al: jax.Array
-    H_diag: jax.Array
-    prev_flat_grad: jax.Array
-    prev_loss: jax.Array
-    n_iter: jax.Array
-    func_evals: jax.Array
-    count: jax.Array
-    head: jax.Array
-
-    def history(self) -> jax.Array:
-        """The ring-buffer slots of the history in use, oldest first (host-side helper)."""
-        m = self.ro.shape[0]
-        k = int(self.count)
-        return (int(self.head) - k + jnp.arange(k)) % max(m, 1)
 
 
 class SearchState(NamedTuple):
@@ -129,130 +98,6 @@ class LbfgsRun(NamedTuple):
     def done(self) -> jax.Array:
         """Whether the step is over (then ``x`` is the new iterate)."""
         return self.phase == DONE
-
-
-# ------------------------------------------------------------------------------------------
-# The math
-# ------------------------------------------------------------------------------------------
-
-
-def _max(a: Any, b: Any) -> Any:
-    """Python's ``max(a, b)``: ``a`` unless ``b > a`` (so NaNs go where Python puts them)."""
-    return jnp.where(b > a, b, a)
-
-
-def _min(a: Any, b: Any) -> Any:
-    """Python's ``min(a, b)``: ``a`` unless ``b < a``."""
-    return jnp.where(b < a, b, a)
-
-
-def init_lbfgs_state(size: int, dtype: Any, history_size: int) -> LbfgsState:
-    """A fresh state over a flat vector of ``size`` entries (torch has none before a step)."""
-    m = max(int(history_size), 1)
-
-    def vector() -> jax.Array:  # distinct buffers, so that the state can be donated
-        return jnp.zeros((size,), dtype)
-
-    def int0() -> jax.Array:
-        return jnp.zeros((), jnp.int32)
-
-    return LbfgsState(
-        d=vector(),
-        t=jnp.zeros((), dtype),
-        old_dirs=jnp.zeros((m, size), dtype),
-        old_stps=jnp.zeros((m, size), dtype),
-        ro=jnp.zeros((m,), dtype),
-        al=jnp.zeros((m,), dtype),
-        H_diag=jnp.ones((), dtype),
-        prev_flat_grad=vector(),
-        prev_loss=jnp.zeros((), jnp.result_type(float)),
-        n_iter=int0(),
-        func_evals=int0(),
-        count=int0(),
-        head=int0(),
-    )
-
-
-def update_lbfgs_memory(state: LbfgsState, g: jax.Array, history_size: int) -> LbfgsState:
-    """torch's memory update: with ``y = g - prev_flat_grad`` and ``s = t d``, if ``y.s >
-    1e-10`` the pair enters the history (the oldest leaves once ``history_size`` are kept),
-    ``ro = 1 / y.s`` and ``H_diag = y.s / y.y``; otherwise nothing changes."""
-    y = g - state.prev_flat_grad
-    s = state.d * state.t
-    ys = jnp.dot(y, s)
-    if history_size < 1:  # nothing is ever kept (torch fails on a history of 0)
-        return state
-
-    def push(st: LbfgsState) -> LbfgsState:
-        m = st.ro.shape[0]
-        slot = st.head
-        return st._replace(
-            old_dirs=st.old_dirs.at[slot].set(y),
-            old_stps=st.old_stps.at[slot].set(s),
-            ro=st.ro.at[slot].set(1.0 / ys),
-            H_diag=(ys / jnp.dot(y, y)).astype(st.H_diag.dtype),
-            head=(slot + 1) % m,
-            count=jnp.minimum(st.count + 1, m),
-        )
-
-    return lax.cond(ys > MIN_CURVATURE, push, lambda st: st, state)
-
-
-def lbfgs_direction(state: LbfgsState, g: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """The two-loop recursion: ``d = -H g`` with the history's inverse-Hessian estimate (scaled
-    by ``H_diag``), and the coefficients ``al`` by history position, as torch computes them."""
-    m = state.ro.shape[0]
-    k = state.count
-    first = state.head + m - k
-
-    def backward(j: Any, carry: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
-        q, al = carry
-        i = k - 1 - j
-        slot = (first + i) % m
-        a = jnp.dot(state.old_stps[slot], q) * state.ro[slot]
-        return q - a * state.old_dirs[slot], al.at[i].set(a)
-
-    q, al = lax.fori_loop(0, k, backward, (-g, state.al))
-    r = q * state.H_diag
-
-    def forward(i: Any, r: jax.Array) -> jax.Array:
-        slot = (first + i) % m
-        be = jnp.dot(state.old_dirs[slot], r) * state.ro[slot]
-        return r + (al[i] - be) * state.old_stps[slot]
-
-    return lax.fori_loop(0, k, forward, r), al
-
-
-def cubic_interpolate(
-    x1: Any, f1: Any, g1: Any, x2: Any, f2: Any, g2: Any, bounds: tuple[Any, Any] | None = None
-) -> jax.Array:
-    """The minimizer of the cubic through ``(x1, f1, g1)`` and ``(x2, f2, g2)`` (values and
-    slopes), clipped to ``bounds`` (default: between the points); the middle of the bounds
-    when the cubic has no minimizer. torch's ``_cubic_interpolate``."""
-    if bounds is None:
-        ordered = x1 <= x2
-        lo, hi = jnp.where(ordered, x1, x2), jnp.where(ordered, x2, x1)
-    else:
-        lo, hi = bounds
-    d1 = g1 + g2 - 3 * (f1 - f2) / (x1 - x2)
-    d2_square = d1**2 - g1 * g2
-    d2 = jnp.sqrt(jnp.maximum(d2_square, 0))
-    min_pos = jnp.where(
-        x1 <= x2,
-        x2 - (x2 - x1) * ((g2 + d2 - d1) / (g2 - g1 + 2 * d2)),
-        x1 - (x1 - x2) * ((g1 + d2 - d1) / (g1 - g2 + 2 * d2)),
-    )
-    return jnp.where(d2_square >= 0, _min(_max(min_pos, lo), hi), (lo + hi) / 2.0)
-
-
-def sufficient_decrease(f_new: Any, f: Any, t: Any, gtd: Any) -> jax.Array:
-    """Armijo: ``f(x + t d) <= f(x) + c1 t g.d``."""
-    return ~(f_new > f + C1 * t * gtd)
-
-
-def strong_curvature(gtd_new: Any, gtd: Any) -> jax.Array:
-    """The strong curvature condition: ``|g(x + t d).d| <= -c2 g.d``."""
-    return jnp.abs(gtd_new) <= -C2 * gtd
 
 
 # ------------------------------------------------------------------------------------------
@@ -393,7 +238,7 @@ def lbfgs_machine(
             return st._replace(d=d, al=al)
 
         st = lax.cond(initial, fresh, later, st)
-        scale = _min(jnp.ones((), dt), 1.0 / jnp.sum(jnp.abs(c.g)))
+        scale = min_like_python(jnp.ones((), dt), 1.0 / jnp.sum(jnp.abs(c.g)))
         t = jnp.where(initial, scale * lr, lr).astype(dt)
         st = st._replace(n_iter=n_iter, prev_flat_grad=c.g, prev_loss=c.loss, t=t)
         gtd = vector_dot(c.g, st.d)
@@ -472,9 +317,9 @@ def lbfgs_machine(
         t = cubic_interpolate(
             b0, s.bracket_f[0], s.bracket_gtd[0], b1, s.bracket_f[1], s.bracket_gtd[1]
         ).astype(s.t.dtype)
-        hi, lo = _max(b0, b1), _min(b0, b1)
+        hi, lo = max_like_python(b0, b1), min_like_python(b0, b1)
         eps = 0.1 * (hi - lo)
-        near = _min(hi - t, t - lo) < eps
+        near = min_like_python(hi - t, t - lo) < eps
         off_edge = s.insuf_progress | (t >= hi) | (t <= lo)
         pulled = jnp.where(jnp.abs(t - hi) < jnp.abs(t - lo), hi - eps, lo + eps)
         t = jnp.where(near & off_edge, pulled, t)
