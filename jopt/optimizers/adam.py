@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
+
 from jopt import transforms as T
 from jopt.core import GradientTransformationExtraArgs, declare, is_zero
-from jopt.optimizers.common import LearningRate, Scalar, _check, _check_adam, _nonneg, _optimizer
+from jopt.optimizers.common import (
+    LearningRate,
+    Scalar,
+    _check,
+    _check_adam,
+    _nonneg,
+    _one_element,
+    _optimizer,
+)
 
 __all__ = ["adam", "adamax", "adamw", "nadam", "radam", "sparse_adam"]
+
+
+def _betas(betas: tuple[Scalar, Scalar]) -> tuple[Scalar, Scalar]:
+    """torch's Adam takes each beta as a one-element tensor too (``Tensor betas[0] must be
+    1-element``)."""
+    return tuple(_one_element(beta, f"betas[{i}]") for i, beta in enumerate(betas))
 
 
 @declare(static_when_zero=("weight_decay",))
@@ -23,11 +40,13 @@ def adam(
     ``g <- g + weight_decay * p`` (coupled L2); ``m, v`` and the bias-corrected direction of
     :func:`jopt.transforms.scale_by_adam`; ``p <- p - lr * m_hat / (sqrt(v_hat) + eps)``.
     """
+    lr = _one_element(lr, "lr")
     _check_adam(lr, betas, eps, weight_decay)
+    betas = _betas(betas)
     return _optimizer(
         T.scale(-1.0) if maximize else None,
         None if is_zero(weight_decay) else T.add_decayed_weights(weight_decay),
-        T.scale_by_adam(tuple(betas), eps, amsgrad),
+        T.scale_by_adam(betas, eps, amsgrad),
         T.scale_by_learning_rate(lr),
     )
 
@@ -48,10 +67,12 @@ def adamw(
     ``p <- p - lr * (m_hat / (sqrt(v_hat) + eps) + weight_decay * p)``, which is torch's
     ``p.mul_(1 - lr * weight_decay)`` before the Adam step.
     """
+    lr = _one_element(lr, "lr")
     _check_adam(lr, betas, eps, weight_decay)
+    betas = _betas(betas)
     return _optimizer(
         T.scale(-1.0) if maximize else None,
-        T.scale_by_adam(tuple(betas), eps, amsgrad),
+        T.scale_by_adam(betas, eps, amsgrad),
         None if is_zero(weight_decay) else T.add_decayed_weights(weight_decay),
         T.scale_by_learning_rate(lr),
     )
@@ -72,6 +93,7 @@ def adamax(
     ``g <- g + weight_decay * p``; ``m <- lerp(m, g, 1 - b1)``, ``u <- max(b2 * u, |g| + eps)``;
     ``p <- p - lr / (1 - b1^t) * m / u``.
     """
+    lr = _one_element(lr, "lr")
     _check_adam(lr, betas, eps, weight_decay)
     return _optimizer(
         T.scale(-1.0) if maximize else None,
@@ -108,6 +130,7 @@ def nadam(
     (:func:`jopt.transforms.scale_by_nadam`). Weight decay is L2 on ``g``, or with
     ``decoupled_weight_decay`` AdamW's ``p <- p - lr * weight_decay * p``.
     """
+    lr = _one_element(lr, "lr")
     _check_adam(lr, betas, eps, weight_decay)
     _nonneg(momentum_decay, "momentum_decay value")
     coupled, decoupled = _decay_terms(weight_decay, decoupled_weight_decay)
@@ -137,6 +160,7 @@ def radam(
     ``p <- p - lr * m_hat``; after, Adam's step times the rectification term
     (:func:`jopt.transforms.scale_by_radam`). Weight decay as in :func:`nadam`.
     """
+    lr = _one_element(lr, "lr")
     _check_adam(lr, betas, eps, weight_decay)
     coupled, decoupled = _decay_terms(weight_decay, decoupled_weight_decay)
     return _optimizer(
@@ -162,6 +186,7 @@ def sparse_adam(
     moments and move, by Adam's step with the bias corrections of the global step count
     (:func:`jopt.transforms.scale_by_sparse_adam`).
     """
+    lr = _one_element(lr, "lr")
     _check(lr, lambda v: v > 0.0, f"Invalid learning rate: {lr}")
     _check(eps, lambda v: v > 0.0, f"Invalid epsilon value: {eps}")
     for i, beta in enumerate(betas):
@@ -170,5 +195,15 @@ def sparse_adam(
         T.scale(-1.0) if maximize else None,
         T.scale_by_sparse_adam(tuple(betas), eps),
         T.scale_by_learning_rate(lr),
-        refuse_complex=(ValueError, "SparseAdam does not support complex parameters"),
+        refuse_complex=(ValueError, _NO_COMPLEX),
+        check_params=_dense_real,
     )
+
+
+_NO_COMPLEX = "SparseAdam does not support complex parameters"
+
+
+def _dense_real(params: object) -> None:
+    """torch's SparseAdam refuses complex parameters when it is built."""
+    if any(jnp.iscomplexobj(p) for p in jax.tree.leaves(params)):
+        raise ValueError(_NO_COMPLEX)

@@ -12,6 +12,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jopt.core import (
     GradientTransformation,
@@ -32,10 +33,33 @@ def _check(value: Any, ok: Callable[[Any], bool], message: str) -> None:
     """torch's argument check, for values known at construction (not tracers or schedules).
 
     Like torch it compares the value itself, so a value that is no number (``"0.1"``,
-    ``None``) raises torch's ``TypeError`` rather than passing as ``float("0.1")``.
+    ``None``) raises torch's ``TypeError`` rather than passing as ``float("0.1")``; an array
+    of one element is compared as its number, as torch compares a one-element tensor.
     """
-    if is_concrete(value) and not ok(float(value) if isinstance(value, jax.Array) else value):
+    if is_concrete(value) and not ok(_number(value)):
         raise ValueError(message)
+
+
+def _number(value: Any) -> Any:
+    if isinstance(value, jax.Array | np.ndarray) and value.size == 1:
+        return float(np.asarray(value).reshape(()))
+    return value
+
+
+def _is_tensor(value: Any) -> bool:
+    """An array where torch would have a tensor (a tracer included); not a schedule."""
+    return isinstance(value, jax.Array | np.ndarray)
+
+
+def _one_element(value: Any, what: str) -> Any:
+    """torch's tensor hyperparameter (``lr``, Adam's ``betas[i]``): one element, or
+    ``Tensor lr must be 1-element``; kept as a 0-d array, as torch squeezes it, so that it
+    scales every parameter the way a number does."""
+    if not _is_tensor(value) or value.ndim == 0:
+        return value
+    if value.size != 1:
+        raise ValueError(f"Tensor {what} must be 1-element")
+    return jnp.reshape(value, ())
 
 
 def _nonneg(value: Any, what: str) -> None:
@@ -66,8 +90,9 @@ def _optimizer(
 
     Complex parameters are optimized as torch does, as pairs of reals: the state of a complex
     parameter is real with a trailing axis of 2. ``refuse_complex`` is torch's error for an
-    optimizer that takes no complex parameters (raised by ``init`` and ``update``);
-    ``check_params`` is torch's check of the parameters at construction, run by ``init``.
+    optimizer that takes no complex parameters, raised by ``update`` as torch raises it at its
+    step; ``check_params`` is torch's check of the parameters at construction, run by
+    ``init``.
     """
     inner = named_chain(*transforms)
 
@@ -77,7 +102,6 @@ def _optimizer(
             raise kind(message)
 
     def init(params: Any) -> Any:
-        refuse(params)
         if check_params is not None:
             check_params(params)
         return inner.init(_as_real(params))
@@ -101,3 +125,34 @@ def _check_adam(lr: Any, betas: Any, eps: Any, weight_decay: Any) -> None:
     for i, beta in enumerate(betas):
         _check(beta, lambda b: 0.0 <= b < 1.0, f"Invalid beta parameter at index {i}: {beta}")
     _nonneg(weight_decay, "weight_decay value")
+
+
+def check_torch_adam(
+    lr: Any,
+    betas: Any,
+    eps: Any,
+    weight_decay: Any,
+    *,
+    foreach: bool | None,
+    capturable: bool,
+) -> None:
+    """``torch.optim.Adam``'s (and AdamW's) constructor checks, in its order.
+
+    Beyond :func:`jopt.adam`'s, the ones its kernels impose: ``betas`` both numbers or both
+    tensors, and no tensor ``lr`` or ``betas`` with ``foreach=True`` unless ``capturable``.
+    The functional ``jopt.adam`` takes any mix (``betas=(schedule, 0.999)``); the facade,
+    which ports torch code, refuses what torch refuses.
+    """
+    refused = bool(foreach) and not capturable
+    if _is_tensor(lr) and refused:
+        raise ValueError("lr as a Tensor is not supported for capturable=False and foreach=True")
+    lr = _one_element(lr, "lr")
+    _check_adam(lr, betas, eps, weight_decay)
+    if _is_tensor(betas[0]) != _is_tensor(betas[1]):
+        raise ValueError("betas must be either both floats or both Tensors")
+    for i, beta in enumerate(betas):
+        if _is_tensor(beta) and refused:
+            raise ValueError(
+                f"betas[{i}] as a Tensor is not supported for capturable=False and foreach=True"
+            )
+        _one_element(beta, f"betas[{i}]")

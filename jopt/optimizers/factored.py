@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from jopt import transforms as T
 from jopt.core import GradientTransformationExtraArgs, declare, is_zero
-from jopt.optimizers.common import LearningRate, Scalar, _check, _optimizer
+from jopt.optimizers.common import LearningRate, Scalar, _check, _one_element, _optimizer
 
 __all__ = ["adafactor"]
 
@@ -25,6 +25,7 @@ def adafactor(
     (:func:`jopt.transforms.scale_by_adafactor`), and decoupled weight decay
     ``p <- p - lr * weight_decay * p``.
     """
+    lr = _one_element(lr, "lr")
     eps1, eps2 = eps
     _check(lr, lambda v: v >= 0.0, f"Learning rate should be >= 0 but is: {lr}")
     _check(beta2_decay, lambda v: v <= 0.0, f"beta2_decay should be <= 0 but is: {beta2_decay}")

@@ -9,8 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jopt.core import is_concrete
-from jopt.optimizers.common import _nonneg
+from jopt.optimizers.common import _nonneg, _one_element
 from jopt.transforms.lbfgs import LbfgsRun, LbfgsState, lbfgs_machine, run_lbfgs
 from jopt.transforms.lbfgs_memory import init_lbfgs_state
 
@@ -87,14 +86,11 @@ def lbfgs(
     ``lr``, ``tolerance_grad`` and ``tolerance_change`` may be arrays (traced, no recompiles);
     the integers shape the program. ``jax.jit(opt.step, static_argnums=0)`` compiles the step.
     """
-    if isinstance(lr, jax.Array | np.ndarray) and np.size(lr) != 1:
-        raise ValueError("Tensor lr must be 1-element")
+    lr = _one_element(lr, "lr")
     _nonneg(lr, "learning rate")
     if max_eval is None:
         max_eval = max_iter * 5 // 4
     line_search = line_search_fn is not None
-    if is_concrete(lr) and isinstance(lr, jax.Array | np.ndarray):
-        lr = jnp.reshape(lr, ())
 
     def check_line_search() -> None:
         if line_search and line_search_fn != "strong_wolfe":

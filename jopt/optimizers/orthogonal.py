@@ -8,7 +8,7 @@ import jax
 
 from jopt import transforms as T
 from jopt.core import GradientTransformationExtraArgs, declare, is_zero
-from jopt.optimizers.common import LearningRate, Scalar, _check, _optimizer
+from jopt.optimizers.common import LearningRate, Scalar, _check, _one_element, _optimizer
 from jopt.transforms.orthogonal import NS_COEFFICIENTS, NS_EPS, NS_STEPS
 
 __all__ = ["muon"]
@@ -42,6 +42,7 @@ def muon(
     (:func:`jopt.transforms.adjust_lr_by_shape`). Other parameters (biases, embeddings) belong
     to another optimizer, as in torch.
     """
+    lr = _one_element(lr, "lr")
     _check(lr, lambda v: v >= 0.0, f"Learning rate should be >= 0 but is: {lr}")
     _check(momentum, lambda v: v >= 0.0, f"momentum should be >= 0 but is: {momentum}")
     _check(weight_decay, lambda v: v >= 0.0, f"weight decay should be >= 0 but is: {weight_decay}")

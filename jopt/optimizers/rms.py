@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from jopt import transforms as T
 from jopt.core import GradientTransformationExtraArgs, declare, is_zero
-from jopt.optimizers.common import LearningRate, Scalar, _check, _nonneg, _optimizer
+from jopt.optimizers.common import LearningRate, Scalar, _check, _nonneg, _one_element, _optimizer
 
 __all__ = ["adadelta", "adagrad", "rmsprop"]
 
@@ -25,6 +25,7 @@ def rmsprop(
     with ``a`` the mean gradient); with momentum ``buf <- momentum * buf + u``;
     ``p <- p - lr * buf`` (or ``u``).
     """
+    lr = _one_element(lr, "lr")
     _nonneg(lr, "learning rate")
     _nonneg(eps, "epsilon value")
     _nonneg(momentum, "momentum value")
@@ -57,6 +58,7 @@ def adagrad(
     ``initial_accumulator_value``);
     ``p <- p - lr / (1 + (t - 1) * lr_decay) * g / (sqrt(sum) + eps)``.
     """
+    lr = _one_element(lr, "lr")
     _nonneg(lr, "learning rate")
     _nonneg(lr_decay, "lr_decay value")
     _nonneg(weight_decay, "weight_decay value")
@@ -86,6 +88,7 @@ def adadelta(
     ``d = sqrt(acc + eps) / sqrt(s + eps) * g``, ``acc <- rho * acc + (1 - rho) * d^2``;
     ``p <- p - lr * d``.
     """
+    lr = _one_element(lr, "lr")
     _nonneg(lr, "learning rate")
     _check(rho, lambda v: 0.0 <= v <= 1.0, f"Invalid rho value: {rho}")
     _nonneg(eps, "epsilon value")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from jopt import transforms as T
 from jopt.core import GradientTransformationExtraArgs, declare, is_concrete, is_zero
-from jopt.optimizers.common import LearningRate, Scalar, _nonneg, _optimizer
+from jopt.optimizers.common import LearningRate, Scalar, _nonneg, _one_element, _optimizer
 
 __all__ = ["asgd", "momentum", "sgd"]
 
@@ -24,6 +24,7 @@ def sgd(
     (``buf = g`` on the first step) and ``g <- g + momentum * buf`` (nesterov) or ``buf``;
     ``p <- p - lr * g``. ``maximize`` ascends.
     """
+    lr = _one_element(lr, "lr")
     _nonneg(lr, "learning rate")
     _nonneg(momentum, "momentum value")
     _nonneg(weight_decay, "weight_decay value")
@@ -72,6 +73,7 @@ def asgd(
     ``eta_t = lr / (1 + lambd * lr * (t - 1)) ** alpha``; the average of the iterates from step
     ``t0`` on is kept in the state's ``ax`` (:func:`jopt.transforms.scale_by_asgd`).
     """
+    lr = _one_element(lr, "lr")
     _nonneg(lr, "learning rate")
     _nonneg(weight_decay, "weight_decay value")
     return _optimizer(

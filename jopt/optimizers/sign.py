@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from jopt import transforms as T
 from jopt.core import GradientTransformationExtraArgs, is_concrete
-from jopt.optimizers.common import LearningRate, Scalar, _nonneg, _optimizer
+from jopt.optimizers.common import LearningRate, Scalar, _nonneg, _one_element, _optimizer
 
 __all__ = ["rprop"]
 
@@ -21,6 +21,7 @@ def rprop(
     its sign and shrinks by ``etas[0]`` when it flips (that step then skips the entry), within
     ``step_sizes``; ``p <- p - sign(g) * step_size`` (:func:`jopt.transforms.scale_by_rprop`).
     """
+    lr = _one_element(lr, "lr")
     _nonneg(lr, "learning rate")
     etaminus, etaplus = etas
     if (
