@@ -31,13 +31,21 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from jopt.core import GradientTransformation, apply_updates, check_tree_match, spec_of
 from jopt.flat import Flat, Layout
 from jopt.optim import state_layout
 from jopt.optim.lifting import Binding, FnKey, get_value, set_value
-from jopt.optim.params import Source, groups_of, is_group_list, source_of, warn_duplicates
+from jopt.optim.params import (
+    Source,
+    groups_of,
+    is_group_list,
+    is_sparse,
+    source_of,
+    warn_duplicates,
+)
 
 __all__ = ["Optimizer", "RecompileWarning"]
 
@@ -193,7 +201,7 @@ class Optimizer:
         snapshot = tuple(_hashable(v) for v in raw)
         if cached is None or cached[0] != snapshot:
             static, dynamic = self._split(group)
-            arrays = jax.tree.map(lambda v: jnp.asarray(float(v)), dynamic)
+            arrays = jax.tree.map(lambda v: jnp.asarray(_float(v)), dynamic)
             cached = (snapshot, tuple(sorted(static.items())), arrays, raw)
         stored.args = (*cached[:3], raw)
         return cached[1], cached[2]
@@ -248,16 +256,21 @@ class Optimizer:
             ref = self._owner.get(id(obj))
             if ref is not None and ref() is obj:
                 raise ValueError("some parameters appear in more than one parameter group")
+        index = len(self.param_groups)
+        sparse = [[index, j] for j, leaf in enumerate(source.leaves) if is_sparse(leaf)]
+        if sparse:
+            raise ValueError(
+                f"Sparse params at indices {sparse}: {type(self).__name__} requires dense "
+                "parameter tensors"
+            )
         for leaf in source.leaves:
-            if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
+            if not jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):
                 raise ValueError(
-                    f"can't optimize a parameter of dtype {jnp.result_type(leaf)}: jopt.optim "
-                    "takes real floating point parameters (the functional optimizers, jopt.adam "
-                    "and the others, also take complex ones)"
+                    f"can't optimize a parameter of dtype {jnp.result_type(leaf)}: parameters "
+                    "are floating point or complex, as torch's are"
                 )
         self.functional(**{k: group[k] for k in self._keys()})  # torch's ValueErrors
 
-        index = len(self.param_groups)
         layout = Layout(source.leaves, source.paths)
         leafwise = spec_of(self.functional).leafwise
         if source.shared or leafwise:
@@ -271,19 +284,23 @@ class Optimizer:
         stored.offsets = layout.offsets()
         initial = source.leaves
         source.leaves = []  # the values live in the flat buffer or the Variables now
+        self.param_groups.append(group)
+        self._groups.append(stored)
+        try:  # init checks the parameters as torch's constructor does (Muon: matrices only)
+            static, arrays = self._group_args(index)
+            stored.built = static
+            first = list(map(jnp.asarray, initial)) if leafwise else _flatten(layout)(initial)
+            stored.state = self._transform(index, arrays).init(first)
+        except Exception:
+            del self.param_groups[index], self._groups[index]
+            raise
         for obj in identities:
             with contextlib.suppress(TypeError):  # NumPy arrays: no identity to track
                 self._owner[id(obj)] = weakref.ref(obj)
         for i, v in enumerate(source.variables):
             if v is not None:
                 self._where[id(v)] = (index, i)
-        self.param_groups.append(group)
-        self._groups.append(stored)
         self._grouped = self._grouped or index > 0
-        static, arrays = self._group_args(index)
-        stored.built = static
-        first = list(map(jnp.asarray, initial)) if leafwise else _flatten(layout)(initial)
-        stored.state = self._transform(index, arrays).init(first)
         self._grad = self._scratch = self._params_cache = self._views_fn = None
         self._programs.clear()
         self._last_program = None
@@ -696,6 +713,7 @@ class Optimizer:
         ``momentum_buffer``, ``square_avg``, ``grad_avg``, ``sum``). A parameter that has not
         stepped has no entry. Groups of named parameters carry ``param_names``.
         """
+        self._refuse_complex_state()
         state: dict[int, dict[str, Any]] = {}
         groups = []
         start = 0
@@ -707,6 +725,16 @@ class Optimizer:
             start += len(g.layout)
         return {"state": state, "param_groups": groups}
 
+    def _refuse_complex_state(self) -> None:
+        """The state of a complex parameter is kept as pairs of reals, which the state dict
+        does not yet write in torch's layout (complex buffers): say so rather than drop it."""
+        for g in self._groups:
+            if any(jnp.issubdtype(d, jnp.complexfloating) for d in g.layout.dtypes.values()):
+                raise NotImplementedError(
+                    "state_dict of complex parameters: jopt.optim steps them as torch does, but "
+                    "does not yet write or read their state in torch's layout"
+                )
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state dict made by :meth:`state_dict` or by ``torch.optim`` (same layout).
 
@@ -714,6 +742,7 @@ class Optimizer:
         Everything is checked before anything changes: a refused load leaves the optimizer
         as it was.
         """
+        self._refuse_complex_state()
         saved_groups = state_dict["param_groups"]
         if len(saved_groups) != len(self.param_groups):
             raise ValueError("loaded state dict has a different number of parameter groups")
@@ -747,6 +776,17 @@ class Optimizer:
 # ------------------------------------------------------------------------------------------
 # Helpers
 # ------------------------------------------------------------------------------------------
+
+
+def check_kernel_flags(fused: bool | None, foreach: bool | None, differentiable: bool) -> None:
+    """torch's refusals of ``fused`` with ``differentiable`` or ``foreach``, which its
+    constructors make once the parameters are in (SGD, Adam, AdamW, Adagrad). The flags only
+    choose torch's kernels: XLA compiles one program whatever they say."""
+    if fused:
+        if differentiable:
+            raise RuntimeError("`fused` does not support `differentiable`")
+        if foreach:
+            raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
 
 
 def _match(saved: dict[str, Any], group: dict[str, Any]) -> list[Any]:
@@ -802,4 +842,11 @@ def _hashable(value: Any) -> Any:
         return tuple(_hashable(v) for v in value)
     if isinstance(value, bool | str | None):
         return value
+    return _float(value)
+
+
+def _float(value: Any) -> float:
+    """A hyperparameter's number; torch's one-element tensors (``lr=tensor([0.01])``) too."""
+    if isinstance(value, jax.Array | np.ndarray) and value.ndim:
+        value = value.reshape(())
     return float(value)

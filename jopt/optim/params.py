@@ -11,6 +11,7 @@ are immutable), which shows the current values as ``Optimizer.params``.
 from __future__ import annotations
 
 import numbers
+import sys
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -105,14 +106,30 @@ class Source:
         return leaves
 
 
+def _is_named(item: Any) -> bool:
+    return isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)
+
+
 def _is_named_list(params: Any) -> bool:
-    return (
-        isinstance(params, list | tuple)
-        and len(params) > 0
-        and all(
-            isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str) for p in params
+    """Whether ``params`` is torch's list of ``(name, parameter)`` pairs (all or none)."""
+    if not isinstance(params, list | tuple) or not params:
+        return False
+    named = [_is_named(p) for p in params]
+    if any(named) and not all(named):
+        raise ValueError(
+            "all optimizer params should be with/without names. Some param names are missing"
         )
-    )
+    return all(named)
+
+
+def is_sparse(x: Any) -> bool:
+    """A sparse array (``jax.experimental.sparse``, torch's sparse tensors' counterpart)."""
+    module = sys.modules.get("jax.experimental.sparse")
+    return module is not None and isinstance(x, module.JAXSparse)
+
+
+def _is_leaf(x: Any) -> bool:
+    return is_variable(x) or is_sparse(x)
 
 
 def is_group_list(params: Any) -> bool:
@@ -124,7 +141,9 @@ def is_group_list(params: Any) -> bool:
 
 
 def check_iterable(params: Any) -> None:
-    """torch's refusal of a bare tensor (or number) as ``params``."""
+    """torch's refusal of a bare tensor (or number, or None) as ``params``."""
+    if params is None:
+        raise TypeError("'NoneType' object is not iterable")
     if isinstance(params, jax.Array | np.ndarray | numbers.Number | nnx.Variable):
         raise TypeError(
             "params argument given to the optimizer should be an iterable of Tensors or "
@@ -160,10 +179,10 @@ def source_of(params: Any) -> Source:
         variables = [p if is_variable(p) else None for p in items]
         treedef = jax.tree.structure([0] * len(items))
         return Source([_value(p) for p in items], variables, names, treedef, None, names, "named")
-    items, treedef = jax.tree.flatten(params, is_leaf=is_variable)
+    items, treedef = jax.tree.flatten(params, is_leaf=_is_leaf)
     paths = [
         jax.tree_util.keystr(p)
-        for p, _ in jax.tree_util.tree_flatten_with_path(params, is_leaf=is_variable)[0]
+        for p, _ in jax.tree_util.tree_flatten_with_path(params, is_leaf=_is_leaf)[0]
     ]
     variables = [p if is_variable(p) else None for p in items]
     return Source([_value(p) for p in items], variables, None, treedef, None, paths)

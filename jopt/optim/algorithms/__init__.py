@@ -2,8 +2,10 @@
 optimizer. No arithmetic lives here: the update rules are those of :mod:`jopt.optimizers`.
 
 Arguments that only choose a torch kernel (``foreach``, ``fused``, ``capturable``,
-``differentiable``) are accepted and kept in ``param_groups`` so that code and state dicts port
-unchanged; XLA fuses the step whatever they say.
+``differentiable``: "kernel flags") are accepted with torch's defaults, refused where torch
+refuses them (``fused`` with ``foreach``, a tensor ``lr`` with ``foreach``), and kept in
+``param_groups`` so that code and state dicts port unchanged; XLA fuses the step whatever they
+say.
 
 The modules follow the families of :mod:`jopt.optimizers`: :mod:`~.sgd` (SGD, ASGD),
 :mod:`~.adam` (Adam, AdamW, Adamax, NAdam, RAdam, SparseAdam), :mod:`~.rms` (RMSprop, Adagrad,

@@ -7,7 +7,8 @@ from typing import Any
 
 import jopt
 from jopt.core import GradientTransformation, declare
-from jopt.optim.optimizer import Optimizer
+from jopt.optim.optimizer import Optimizer, check_kernel_flags
+from jopt.optimizers.common import check_torch_adam
 
 __all__ = ["Adam", "AdamW", "Adamax", "NAdam", "RAdam", "SparseAdam"]
 
@@ -28,7 +29,9 @@ def _adam(
 
 
 class Adam(Optimizer):
-    """``torch.optim.Adam`` over :func:`jopt.adam` (:func:`jopt.adamw` when decoupled)."""
+    """``torch.optim.Adam`` over :func:`jopt.adam` (:func:`jopt.adamw` when decoupled).
+
+    Kernel flags are checked as torch checks them; XLA compiles one program whatever they say."""
 
     functional = staticmethod(_adam)
 
@@ -48,6 +51,7 @@ class Adam(Optimizer):
         fused: bool | None = None,
         decoupled_weight_decay: bool = False,
     ) -> None:
+        check_torch_adam(lr, betas, eps, weight_decay, foreach=foreach, capturable=capturable)
         super().__init__(
             params,
             dict(
@@ -64,10 +68,13 @@ class Adam(Optimizer):
                 decoupled_weight_decay=decoupled_weight_decay,
             ),
         )
+        check_kernel_flags(fused, foreach, differentiable)
 
 
 class AdamW(Adam):
-    """``torch.optim.AdamW`` over :func:`jopt.adamw`: ``p <- p - lr * (adam + wd * p)``."""
+    """``torch.optim.AdamW`` over :func:`jopt.adamw`: ``p <- p - lr * (adam + wd * p)``.
+
+    Kernel flags are checked as torch checks them; XLA compiles one program whatever they say."""
 
     def __init__(
         self,
@@ -103,7 +110,9 @@ class AdamW(Adam):
 
 class Adamax(Optimizer):
     """``torch.optim.Adamax`` over :func:`jopt.adamax`: Adam with the infinity norm ``exp_inf``
-    in place of the second moment, and coupled (L2) weight decay."""
+    in place of the second moment, and coupled (L2) weight decay.
+
+    Kernel flags are checked as torch checks them; XLA compiles one program whatever they say."""
 
     functional = staticmethod(jopt.adamax)
 
@@ -138,7 +147,9 @@ class Adamax(Optimizer):
 class NAdam(Optimizer):
     """``torch.optim.NAdam`` over :func:`jopt.nadam`: Adam with Nesterov momentum on torch's
     ``momentum_decay`` schedule (its product kept as ``mu_product``); L2 weight decay, or
-    AdamW's with ``decoupled_weight_decay``."""
+    AdamW's with ``decoupled_weight_decay``.
+
+    Kernel flags are checked as torch checks them; XLA compiles one program whatever they say."""
 
     functional = staticmethod(jopt.nadam)
 
@@ -177,7 +188,9 @@ class NAdam(Optimizer):
 class RAdam(Optimizer):
     """``torch.optim.RAdam`` over :func:`jopt.radam`: Adam whose adaptive step is rectified,
     and plain bias-corrected momentum while the variance estimate is too short to trust; L2
-    weight decay, or AdamW's with ``decoupled_weight_decay``."""
+    weight decay, or AdamW's with ``decoupled_weight_decay``.
+
+    Kernel flags are checked as torch checks them; XLA compiles one program whatever they say."""
 
     functional = staticmethod(jopt.radam)
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 import jopt
-from jopt.optim.optimizer import Optimizer
+from jopt.optim.optimizer import Optimizer, check_kernel_flags
 
 __all__ = ["Adadelta", "Adagrad", "RMSprop"]
 
 
 class RMSprop(Optimizer):
-    """``torch.optim.RMSprop`` over :func:`jopt.rmsprop` (eps outside the sqrt, centered)."""
+    """``torch.optim.RMSprop`` over :func:`jopt.rmsprop` (eps outside the sqrt, centered).
+
+    Kernel flags are checked as torch checks them; XLA compiles one program whatever they say."""
 
     functional = staticmethod(jopt.rmsprop)
 
@@ -47,7 +49,9 @@ class RMSprop(Optimizer):
 
 
 class Adagrad(Optimizer):
-    """``torch.optim.Adagrad`` over :func:`jopt.adagrad` (lr_decay, initial accumulator)."""
+    """``torch.optim.Adagrad`` over :func:`jopt.adagrad` (lr_decay, initial accumulator).
+
+    Kernel flags are checked as torch checks them; XLA compiles one program whatever they say."""
 
     functional = staticmethod(jopt.adagrad)
 
@@ -79,12 +83,15 @@ class Adagrad(Optimizer):
                 fused=fused,
             ),
         )
+        check_kernel_flags(fused, foreach, differentiable)
 
 
 class Adadelta(Optimizer):
     """``torch.optim.Adadelta`` over :func:`jopt.adadelta`: a step scaled by the ratio of the
     running RMS of past steps (``acc_delta``) to that of the gradients (``square_avg``), times
-    ``lr`` (1.0 by default, as in torch)."""
+    ``lr`` (1.0 by default, as in torch).
+
+    Kernel flags are checked as torch checks them; XLA compiles one program whatever they say."""
 
     functional = staticmethod(jopt.adadelta)
 

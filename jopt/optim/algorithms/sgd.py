@@ -5,13 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 import jopt
-from jopt.optim.optimizer import Optimizer
+from jopt.optim.optimizer import Optimizer, check_kernel_flags
 
 __all__ = ["ASGD", "SGD"]
 
 
 class SGD(Optimizer):
-    """``torch.optim.SGD`` over :func:`jopt.sgd` (momentum, dampening, nesterov, weight decay)."""
+    """``torch.optim.SGD`` over :func:`jopt.sgd` (momentum, dampening, nesterov, weight decay).
+
+    Kernel flags are checked as torch checks them; XLA compiles one program whatever they say."""
 
     functional = staticmethod(jopt.sgd)
 
@@ -43,13 +45,16 @@ class SGD(Optimizer):
                 fused=fused,
             ),
         )
+        check_kernel_flags(fused, foreach, differentiable)
 
 
 
 class ASGD(Optimizer):
     """``torch.optim.ASGD`` over :func:`jopt.asgd`: SGD with a decaying step ``eta`` and, from
     step ``t0`` on, the running average of the iterates in torch's ``ax`` state entry (read it
-    from ``state_dict()``, as from torch's ``optimizer.state[p]["ax"]``)."""
+    from ``state_dict()``, as from torch's ``optimizer.state[p]["ax"]``).
+
+    Kernel flags are checked as torch checks them; XLA compiles one program whatever they say."""
 
     functional = staticmethod(jopt.asgd)
 

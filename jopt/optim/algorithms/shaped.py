@@ -18,7 +18,9 @@ __all__ = ["Adafactor", "Muon"]
 class Adafactor(Optimizer):
     """``torch.optim.Adafactor`` over :func:`jopt.adafactor`: a second moment factored into row
     and column averages for matrices, a step relative to the parameter's RMS clipped by ``d``,
-    and decoupled weight decay."""
+    and decoupled weight decay.
+
+    Kernel flags are checked as torch checks them; XLA compiles one program whatever they say."""
 
     functional = staticmethod(jopt.adafactor)
 

@@ -14,7 +14,9 @@ class Rprop(Optimizer):
     """``torch.optim.Rprop`` over :func:`jopt.rprop`: each entry moves by its own step size
     against the sign of its gradient; the step size (``step_size``, from ``lr``) grows by
     ``etas[1]`` while the sign holds and shrinks by ``etas[0]`` when it flips. As in torch,
-    ``lr`` is read once, when the step sizes are made."""
+    ``lr`` is read once, when the step sizes are made.
+
+    Kernel flags are checked as torch checks them; XLA compiles one program whatever they say."""
 
     functional = staticmethod(jopt.rprop)
 
