@@ -32,6 +32,7 @@ from jopt.train.model import (
     split_params,
 )
 from jopt.train.names import METRICS
+from jopt.train.quantize import QuantizedLinear, model_bytes, quantize_dynamic
 from jopt.train.runner import RunResult, Session, run
 from jopt.train.sharding import Placement, make_mesh
 from jopt.train.steps import (
@@ -55,6 +56,7 @@ __all__ = [
     "MLPFactory",
     "Placement",
     "Plateau",
+    "QuantizedLinear",
     "RunConfig",
     "RunResult",
     "Scheduled",
@@ -75,6 +77,8 @@ __all__ = [
     "make_mesh",
     "make_train_step",
     "merge_params",
+    "model_bytes",
+    "quantize_dynamic",
     "run",
     "set_hyperparams",
     "split_params",
