@@ -17,7 +17,7 @@ def add(sub: Any) -> None:
     p.add_argument("--optimizers", type=optimizer_list, metavar="NAMES",
                    default=("sgd", "momentum", "rmsprop", "adam"),
                    help="comma-separated, or all (default sgd,momentum,rmsprop,adam)")
-    add_config(p, skip=["optimizer"])
+    add_config(p, skip=["optimizer", "quantize"])
     add_output(p)
     p.set_defaults(handler=run)
 

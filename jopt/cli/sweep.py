@@ -25,7 +25,7 @@ def add(sub: Any) -> None:
                    help=f"learning rates, log-spaced (default 256, at most {MAX_RUNS})")
     p.add_argument("--vary-seed", action="store_true",
                    help="give run k the seed --seed + k (default: all runs share --seed)")
-    add_config(p, skip=["lr"])
+    add_config(p, skip=["lr", "prune", "sparsity", "prune_schedule", "quantize"])
     add_output(p)
     p.set_defaults(handler=run)
 

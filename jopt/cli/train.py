@@ -70,6 +70,14 @@ def run(args: argparse.Namespace) -> int:
     title = (f"{config.optimizer}, lr {config.base_lr:g}, schedule {config.schedule}, "
              f"batch {config.batch_size}")
     console.print(epoch_table(result.history, first, args.log_every, title))
+    from jopt.train.compress import compression_report, dense_epochs
+
+    dense = dense_epochs(config)
+    before = float(result.history["test_accuracy"][dense - 1]) if dense else None
+    compression = compression_report(result.graphdef, result.params, data, config.quantize,
+                                     before)
+    if config.prune != "none" or config.quantize != "none":
+        console.print(compression_table(compression, config))
     steps = (config.epochs - first) * result_steps(data, config)
     summary = {
         "command": "train",
@@ -95,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
         "checkpoints": result.checkpoints,
         "notes": result.notes,
         "plot": args.plot,
+        **compression,
         "history": result.history,
     }
     console.print(
@@ -106,6 +115,29 @@ def run(args: argparse.Namespace) -> int:
     from jopt.train.plots import plot_history
 
     return finish(args, console, summary, lambda path: plot_history(result.history, path, title))
+
+
+def compression_table(report: dict[str, Any], config: Any) -> Any:
+    """Sparsity, bytes and test accuracy of the trained model, and of its int8 copy."""
+    from rich.table import Table
+
+    from jopt.train.compress import dense_epochs
+
+    pruning = "dense" if config.prune == "none" else (
+        f"{config.prune} {config.resolved().sparsity:g}, {config.prune_schedule}")
+    table = Table(title="compression", title_justify="left")
+    for name in ("model", "weights pruned", "bytes", "test acc"):
+        table.add_column(name, justify="right")
+    if report["dense_test_accuracy"] is not None:
+        table.add_row(f"float32, epoch {dense_epochs(config)} (before pruning)", "0.0%",
+                      str(report["model_bytes"]), f"{report['dense_test_accuracy']:.3f}")
+    table.add_row(f"float32 ({pruning})", f"{report['sparsity']:.1%}",
+                  str(report["model_bytes"]), f"{report['float_test_accuracy']:.3f}")
+    if report["quantized_model_bytes"] is not None:
+        table.add_row(config.quantize, f"{report['sparsity']:.1%}",
+                      str(report["quantized_model_bytes"]),
+                      f"{report['quantized_test_accuracy']:.3f}")
+    return table
 
 
 def result_steps(data: Any, config: Any) -> int:

@@ -19,6 +19,9 @@ from jopt.train.names import (
     DEFAULT_LR,
     INITS,
     OPTIMIZERS,
+    PRUNE_METHODS,
+    PRUNE_SCHEDULES,
+    QUANTIZE,
     SCHEDULES,
     WEIGHT_DECAY,
     suggest,
@@ -184,6 +187,25 @@ class RunConfig:
         "too (fully sharded, ZeRO-3)",
     )
 
+    prune: str = setting(
+        "none", "prune the weight matrices by magnitude while training: l1 (one ranking over "
+        "all of them), l1-layer (each on its own) or none", choice(PRUNE_METHODS, "pruning"),
+        "NAME",
+    )
+    sparsity: float | None = setting(
+        None, "fraction of the weight matrices pruned (default 0.5 with --prune)",
+        number(float, 0.0, maximum=1.0),
+    )
+    prune_schedule: str = setting(
+        "oneshot", "oneshot: prune halfway through the epochs, then fine-tune; gradual: Zhu & "
+        "Gupta's cubic ramp, once per epoch over the middle half", choice(PRUNE_SCHEDULES,
+        "prune schedule"), "NAME",
+    )
+    quantize: str = setting(
+        "none", "after training, quantize the Linear layers as torch's quantize_dynamic: int8 "
+        "or none", choice(QUANTIZE, "quantization"), "NAME",
+    )
+
     def check(self) -> None:
         """The checks between fields (each field's own are its parser's): ``ValueError``."""
         if self.optimizer not in OPTIMIZERS:
@@ -212,6 +234,9 @@ class RunConfig:
                 f"batch size {self.batch_size} does not split over {self.devices} devices: use "
                 f"a multiple of {self.devices}"
             )
+        for name, default in (("sparsity", None), ("prune_schedule", "oneshot")):
+            if self.prune == "none" and getattr(self, name) != default:
+                raise ValueError(f"{name} is used by --prune only")
         if self.milestones is not None and max(self.milestones) > self.epochs:
             raise ValueError(
                 f"milestones {list(self.milestones)} go beyond the {self.epochs} epochs"
@@ -233,8 +258,11 @@ class RunConfig:
         milestones = self.milestones
         if self.schedule == "multistep" and milestones is None:
             milestones = (max(1, self.epochs // 2), max(1, 3 * self.epochs // 4))
+        sparsity = self.sparsity
+        if self.prune != "none" and sparsity is None:
+            sparsity = 0.5
         return dataclasses.replace(self, lr=self.base_lr, weight_decay=self.decay, gamma=gamma,
-                                   step_size=step_size, milestones=milestones)
+                                   step_size=step_size, milestones=milestones, sparsity=sparsity)
 
     def resume_record(self) -> dict[str, Any]:
         """What a checkpoint must agree with to be resumed by this run: the resolved values
@@ -242,7 +270,7 @@ class RunConfig:
         where the schedule depends on it (cosine, onecycle): other runs may be extended. The
         devices it runs on are left out: a run resumes on another mesh."""
         record = self.resolved().as_record()
-        if self.schedule in HORIZON_FREE:
+        if self.schedule in HORIZON_FREE and self.prune == "none":  # pruning counts epochs
             del record["epochs"]
         for placement in PLACEMENT:  # where it runs is not what it computes
             del record[placement]

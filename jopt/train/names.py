@@ -17,6 +17,9 @@ __all__ = [
     "INITS",
     "METRICS",
     "OPTIMIZERS",
+    "PRUNE_METHODS",
+    "PRUNE_SCHEDULES",
+    "QUANTIZE",
     "SCHEDULES",
     "WEIGHT_DECAY",
     "suggest",
@@ -72,6 +75,10 @@ INITS: tuple[str, ...] = (
     "torch", "lecun_normal", "xavier_uniform", "xavier_normal", "kaiming_uniform",
     "kaiming_normal",
 )
+
+PRUNE_METHODS: tuple[str, ...] = ("none", "l1", "l1-layer")
+PRUNE_SCHEDULES: tuple[str, ...] = ("oneshot", "gradual")
+QUANTIZE: tuple[str, ...] = ("none", "int8")
 
 METRICS: tuple[str, ...] = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr")
 """The per-epoch history: mean training cross-entropy over the epoch's batches (what a torch

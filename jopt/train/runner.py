@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from jopt.train.checkpoint import CheckpointError, Checkpoints, UnreadableCheckpoint
+from jopt.train.compress import with_pruning
 from jopt.train.config import RunConfig
 from jopt.train.data import Dataset, load_iris, num_batches
 from jopt.train.driver import Callback, drive
@@ -80,7 +81,8 @@ def _build(config: RunConfig, data: Dataset) -> tuple[Trainer, Any]:
     graphdef, params = init_model(model_factory(config, data), config.seed)
     trainer = Trainer(
         graphdef,
-        make_optimizer(config.optimizer, config.lr, config.weight_decay),
+        with_pruning(make_optimizer(config.optimizer, config.lr, config.weight_decay), config,
+                     steps),
         num_train=len(data.x_train),
         batch_size=config.batch_size,
         drop_last=config.drop_last,
