@@ -20,7 +20,7 @@ def last_json(out: str) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("schedule", ["oneshot", "gradual"])
+@pytest.mark.parametrize("schedule", ["oneshot", pytest.param("gradual", marks=pytest.mark.slow)])
 def test_train_prunes_quantizes_and_reports(capsys, schedule):
     code = main(["train", "--json", "--no-cache", "--prune", "l1", "--sparsity", "0.5",
                  "--prune-schedule", schedule, "--quantize", "int8"])
@@ -38,6 +38,7 @@ def test_train_prunes_quantizes_and_reports(capsys, schedule):
     assert "compression" in err and "before pruning" in err and "int8" in err
 
 
+@pytest.mark.slow
 def test_dense_runs_report_without_a_table(capsys):
     assert main(["train", "--json", "--no-cache", "--epochs", "3"]) == 0
     out, err = capsys.readouterr()

@@ -84,7 +84,8 @@ def test_l1_unstructured_matches_torch(shape, seed, amount):
 
 @pytest.mark.parametrize("shape,seed", SHAPE_SEEDS)
 @pytest.mark.parametrize("n", NORMS)
-@pytest.mark.parametrize("amount", [0.0, 0.34, 0.5, 1.0, 1, 2])
+@pytest.mark.parametrize("amount", [0.34, 1.0, 2, *(pytest.param(a, marks=pytest.mark.slow)
+                                                   for a in (0.0, 0.5, 1))])
 def test_ln_structured_matches_torch(shape, seed, n, amount):
     w = tie_free(shape, seed)
     for dim in range(-w.ndim, w.ndim):

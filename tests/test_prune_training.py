@@ -137,11 +137,11 @@ TORCH_RUNS = [
     ("SGD", dict(lr=0.05, momentum=0.9, weight_decay=0.1, nesterov=True),
      lambda: jopt.sgd(0.05, momentum=0.9, weight_decay=0.1, nesterov=True)),
     ("Adam", dict(lr=0.02, weight_decay=0.05), lambda: jopt.adam(0.02, weight_decay=0.05)),
-    ("AdamW", dict(lr=0.02), lambda: jopt.adamw(0.02)),
+    pytest.param("AdamW", dict(lr=0.02), lambda: jopt.adamw(0.02), marks=pytest.mark.slow),
 ]
 
 
-@pytest.mark.parametrize("cls,kwargs,make", TORCH_RUNS, ids=[r[0] for r in TORCH_RUNS])
+@pytest.mark.parametrize("cls,kwargs,make", TORCH_RUNS, ids=["SGD", "Adam", "AdamW"])
 def test_follows_torch_pruned_training(cls, kwargs, make):
     """torch: prune.l1_unstructured + clip_grad_norm_ + an optimizer on ``weight_orig``;
     jopt: the pruned weights and chain(masked_updates, clip, optimizer, keep_pruned)."""

@@ -153,7 +153,7 @@ def _torch_bytes(tmodel) -> int:
     return total
 
 
-@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("per_channel", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_bytes_are_about_four_times_fewer(per_channel):
     model = MLP(256, (512,), 10, rngs=nnx.Rngs(0))
     quantized = quantize_dynamic(model, per_channel=per_channel)
