@@ -204,7 +204,7 @@ def test_a_new_function_object_each_step_reuses_the_program_or_warns():
         opt.step(lambda p: jnp.sum(p["w"] * x))
     assert opt.compile_count == 1
     with pytest.warns(jopt.optim.RecompileWarning, match="outside the loop"):
-        for i in range(jopt.optim.optimizer.RECOMPILE_LIMIT + 1):
+        for i in range(jopt.optim.programs.RECOMPILE_LIMIT + 1):
             batch = x + i  # a new array captured by a new closure: a new program each time
             opt.step(lambda p, batch=batch: jnp.sum(p["w"] * batch))
     with warnings.catch_warnings():

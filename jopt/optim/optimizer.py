@@ -17,104 +17,37 @@ Inside, each group is one flat buffer per dtype (:mod:`jopt.flat`), so the updat
 small leaves is a few fused kernels, with parameters and state donated to XLA. The loss is
 differentiated with respect to the leaves and the gradient concatenated, so a step costs time
 linear in the number of leaves.
+
+The class is here: construction, groups and hyperparameters, the parameters and gradients as
+the user sees them, and the step methods. A group's storage is :mod:`.group`, the compiled
+programs (and the modules they carry) :mod:`.programs`, torch's state dict :mod:`.state_dict`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import inspect
-import warnings
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
-from jopt.core import GradientTransformation, apply_updates, check_tree_match, spec_of
+from jopt.core import GradientTransformation, spec_of
 from jopt.flat import Flat, Layout
 from jopt.optim import state_layout
+from jopt.optim.group import Group, as_float, flatten, hashable
 from jopt.optim.lifting import Binding, FnKey, get_value, set_value
-from jopt.optim.params import (
-    Source,
-    groups_of,
-    is_group_list,
-    is_sparse,
-    source_of,
-    warn_duplicates,
-)
+from jopt.optim.params import groups_of, is_group_list, is_sparse, source_of, warn_duplicates
+from jopt.optim.programs import Programs, RecompileWarning
+from jopt.optim.state_dict import StateDict
 
-__all__ = ["Optimizer", "RecompileWarning"]
-
-RECOMPILE_LIMIT = 8
-"""New loss functions one optimizer compiles before it warns (torch.compile's default limit)."""
+__all__ = ["Optimizer", "RecompileWarning", "check_kernel_flags", "takes_no_arguments"]
 
 
-class RecompileWarning(UserWarning):
-    """An optimizer keeps compiling step programs for loss functions it has not seen."""
-
-
-@dataclass
-class _Group:
-    """One param group's storage and the optimizer state over it.
-
-    A group of arrays the optimizer owns keeps them as one flat buffer per dtype (``flat``),
-    updated in place. A group with parameters shared with Variables keeps none: the values
-    live in the Variables (and, for the group's own arrays, in ``owned``), are read at every
-    step and the new ones written back, so nothing can diverge from the module and nothing is
-    held twice; the state is flat either way.
-    """
-
-    source: Source
-    layout: Layout
-    flat: Flat | None
-    state: Any
-    owned: list[Any]  # per leaf of a shared group: the array (None where a Variable holds it)
-    offsets: list[Any] = field(default_factory=list)  # runtime leaf offsets (see Layout)
-    built: tuple[Any, ...] = ()  # the static arguments the state was built for
-    args: tuple[Any, ...] | None = None  # (snapshot, static items, hyperparameter arrays, raw)
-    skeleton: Any = field(default=None)
-
-    def unview(self, tree: Any, what: str) -> list[Any]:
-        """The leaves of ``tree`` (in the structure of the group's parameters), checked."""
-        if self.skeleton is None:
-            structs = [
-                jax.ShapeDtypeStruct(shape, self.layout.dtype_of(i))
-                for i, shape in enumerate(self.layout.shapes)
-            ]
-            self.skeleton = self.source.view(structs)
-        try:
-            leaves = self.source.unview(tree)
-        except (ValueError, TypeError):
-            leaves = None
-        if leaves is None or [jnp.shape(x) for x in leaves] != self.layout.shapes:
-            check_tree_match(tree, self.skeleton, what=what)
-            leaves = self.source.unview(tree)
-        return leaves
-
-
-class _Slot:
-    """Where a lifted module stood among the loss function's arguments (a static leafless node)."""
-
-    __slots__ = ("index",)
-
-    def __init__(self, index: int) -> None:
-        self.index = index
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Slot) and other.index == self.index
-
-    def __hash__(self) -> int:
-        return hash(("jopt-slot", self.index))
-
-
-jax.tree_util.register_pytree_node(_Slot, lambda s: ((), s.index), lambda index, _: _Slot(index))
-
-
-class Optimizer:
+class Optimizer(Programs, StateDict):
     """Base class of the facade optimizers; subclasses set ``functional``.
 
     ``functional`` is a jopt optimizer factory whose keyword arguments are torch's
@@ -130,7 +63,7 @@ class Optimizer:
         # torch checks the hyperparameters before it looks at the parameters.
         self.functional(**{k: self.defaults[k] for k in self._keys()})
         self.param_groups: list[dict[str, Any]] = []
-        self._groups: list[_Group] = []
+        self._groups: list[Group] = []
         self._owner: dict[int, weakref.ref] = {}  # id of a parameter (array, Variable) -> it
         self._where: dict[int, tuple[int, int]] = {}  # id of a shared Variable -> (group, leaf)
         self._grad: list[Flat] | None = None
@@ -198,10 +131,10 @@ class Optimizer:
         raw = tuple([group[k] for k in self._keys()])
         if cached is not None and cached[3] == raw:  # the common case: nothing changed
             return cached[1], cached[2]
-        snapshot = tuple(_hashable(v) for v in raw)
+        snapshot = tuple(hashable(v) for v in raw)
         if cached is None or cached[0] != snapshot:
             static, dynamic = self._split(group)
-            arrays = jax.tree.map(lambda v: jnp.asarray(_float(v)), dynamic)
+            arrays = jax.tree.map(lambda v: jnp.asarray(as_float(v)), dynamic)
             cached = (snapshot, tuple(sorted(static.items())), arrays, raw)
         stored.args = (*cached[:3], raw)
         return cached[1], cached[2]
@@ -278,9 +211,9 @@ class Optimizer:
                 jnp.asarray(leaf) if v is None else None
                 for v, leaf in zip(source.variables, source.leaves)
             ]
-            stored = _Group(source, layout, None, None, owned)
+            stored = Group(source, layout, None, None, owned)
         else:
-            stored = _Group(source, layout, _flatten(layout)(source.leaves), None, [])
+            stored = Group(source, layout, flatten(layout)(source.leaves), None, [])
         stored.offsets = layout.offsets()
         initial = source.leaves
         source.leaves = []  # the values live in the flat buffer or the Variables now
@@ -289,7 +222,7 @@ class Optimizer:
         try:  # init checks the parameters as torch's constructor does (Muon: matrices only)
             static, arrays = self._group_args(index)
             stored.built = static
-            first = list(map(jnp.asarray, initial)) if leafwise else _flatten(layout)(initial)
+            first = list(map(jnp.asarray, initial)) if leafwise else flatten(layout)(initial)
             stored.state = self._transform(index, arrays).init(first)
         except Exception:
             del self.param_groups[index], self._groups[index]
@@ -361,7 +294,7 @@ class Optimizer:
 
     def _flat_grads(self, grads: Any, what: str) -> list[Flat]:
         leaves = self._leaves_of(grads, what)
-        return [_flatten(g.layout)(lv) for g, lv in zip(self._groups, leaves)]
+        return [flatten(g.layout)(lv) for g, lv in zip(self._groups, leaves)]
 
     def _leaves_of(self, tree: Any, what: str) -> list[list[Any]]:
         trees = list(tree) if self._grouped else [tree]
@@ -377,7 +310,7 @@ class Optimizer:
     def _offsets(self) -> list[list[Any]]:
         return [g.offsets for g in self._groups]
 
-    def _values(self, g: _Group) -> list[Any]:
+    def _values(self, g: Group) -> list[Any]:
         """The current leaves of a shared group (torch: the optimizer and the model hold the
         same tensors, so what was written into a Variable is what the step starts from)."""
         values = [
@@ -396,12 +329,12 @@ class Optimizer:
     def _leaf_params(self) -> list[list[Any] | None]:
         return [self._values(g) if g.flat is None else None for g in self._groups]
 
-    def _state_input(self, g: _Group) -> Flat | list[Any]:
+    def _state_input(self, g: Group) -> Flat | list[Any]:
         """What the group's state is over: its flat buffers, or its leaves for a rule that
         reads each parameter's shape (declared ``leafwise``: Muon, Adafactor)."""
         if spec_of(self.functional).leafwise:
             return self._values(g)
-        return g.flat if g.flat is not None else _flatten(g.layout)(self._values(g))
+        return g.flat if g.flat is not None else flatten(g.layout)(self._values(g))
 
     def _store(self, flats: list[Any], leaves: list[Any], states: list[Any]) -> None:
         """Keep a step's results: flat buffers, or new values written into the Variables."""
@@ -416,181 +349,6 @@ class Optimizer:
                 else:
                     g.owned[i] = value
         self._params_cache = None
-
-    # ---------------------------------------------------------------------------------------
-    # Modules among the arguments
-    # ---------------------------------------------------------------------------------------
-
-    def _binding(self, module: nnx.Module) -> Binding:
-        entry = self._bindings.get(id(module))
-        if entry is not None and entry[0]() is module and not entry[1].stale():
-            return entry[1]
-        binding = Binding(module, lambda v: self._where.get(id(v)), None)
-        # Programs are keyed by the module's graph, so model.train() after model.eval()
-        # goes back to the program it had.
-        binding.token = self._tokens.setdefault((id(module), binding.graphdef), len(self._tokens))
-        self._bindings[id(module)] = (weakref.ref(module), binding)
-        return binding
-
-    def _lift(self, args: tuple, kwargs: dict) -> tuple[list[Binding], tuple, dict]:
-        """The bindings of the modules among (own module, args, kwargs), each replaced by a slot."""
-        bindings: list[Binding] = []
-        index: dict[int, int] = {}
-
-        def slot(value: Any) -> Any:
-            if not _is_module(type(value)):
-                return value
-            if id(value) not in index:
-                index[id(value)] = len(bindings)
-                bindings.append(self._binding(value))
-            return _Slot(index[id(value)])
-
-        if self._module is not None:
-            slot(self._module)
-        return bindings, tuple(slot(a) for a in args), {k: slot(v) for k, v in kwargs.items()}
-
-    def _loss(
-        self, fn, has_aux, bindings, leaves, carried, args, kwargs
-    ) -> tuple[Any, tuple[Any, list[list[Any]]]]:
-        """Call the loss function inside a trace; (loss, (aux, new carried values))."""
-        modules = [b.rebuild(leaves, c) for b, c in zip(bindings, carried)]
-
-        def put(value: Any) -> Any:
-            return modules[value.index] if isinstance(value, _Slot) else value
-
-        args = tuple(put(a) for a in args)
-        kwargs = {k: put(v) for k, v in kwargs.items()}
-        first = self._first
-        if first == "module":
-            head: tuple = (modules[0],)
-        elif first == "tree":
-            head = (self._as_given([g.source.view(lv) for g, lv in zip(self._groups, leaves)]),)
-        else:
-            head = ()
-        out = fn(*head, *args, **kwargs)
-        loss, aux = out if has_aux else (out, None)
-        return loss, (aux, [b.outputs(m) for b, m in zip(bindings, modules)])
-
-    # ---------------------------------------------------------------------------------------
-    # Compiled programs
-    # ---------------------------------------------------------------------------------------
-
-    @property
-    def compile_count(self) -> int:
-        """How many step programs this optimizer has traced and compiled."""
-        return self._compiles
-
-    def _update(self, flats, leaves, offsets, states, grads, hps):
-        """One optimizer step of every group (traced): (flats, leaves, states).
-
-        A shared group's parameters are concatenated for the update (XLA drops the copy when
-        no term reads them) and each new leaf is its old value plus its slice of the update.
-        """
-        leafwise = spec_of(self.functional).leafwise
-        new_flats, new_leaves, new_states = [], [], []
-        for i, g in enumerate(self._groups):
-            transform = self._transform(i, hps[i])
-            if leafwise:  # the rule sees each parameter in its shape
-                grad_leaves = g.layout.unflatten_leaves(grads[i], offsets[i])
-                parts, state = transform.update(grad_leaves, states[i], list(leaves[i]))
-            else:
-                flat = flats[i] if g.flat is not None else g.layout.flatten_leaves(leaves[i])
-                updates, state = transform.update(grads[i], states[i], flat)
-                if g.flat is not None:
-                    new_flats.append(apply_updates(flat, updates))
-                    new_leaves.append(None)
-                    new_states.append(state)
-                    continue
-                parts = g.layout.unflatten_leaves(updates, offsets[i])
-            new_flats.append(None)
-            new = [(p + u).astype(jnp.result_type(p)) for p, u in zip(leaves[i], parts)]
-            new_leaves.append(new)
-            new_states.append(state)
-        return new_flats, new_leaves, new_states
-
-    def _program(self, kind: str, statics: tuple, fn=None, has_aux=False, bindings=()):
-        tokens = tuple([b.token for b in bindings])
-        last = self._last_program
-        if (
-            last is not None
-            and last[0] is fn
-            and last[1] == (kind, has_aux, statics, tokens)
-        ):  # the same call as the last step: skip building the key
-            return last[2]
-        key = (kind, FnKey(fn) if fn is not None else None, has_aux, statics, tokens)
-        program = self._programs.get(key)
-        if program is not None:
-            self._last_program = (fn, (kind, has_aux, statics, tokens), program)
-            return program
-        if fn is not None:
-            self._note_loss_fn(key[1])
-        bound = list(bindings)
-
-        def differentiate(flats, leaves, offsets, carried, args, kwargs):
-            # The leaves are sliced outside the differentiated function: the loss is
-            # differentiated with respect to the leaves, and their gradients concatenated.
-            leaves = [
-                g.layout.unflatten_leaves(f, o) if g.flat is not None else lv
-                for g, f, lv, o in zip(self._groups, flats, leaves, offsets)
-            ]
-
-            def objective(leaves):
-                return self._loss(fn, has_aux, bound, leaves, carried, args, kwargs)
-
-            (loss, (aux, carried)), grads = jax.value_and_grad(objective, has_aux=True)(leaves)
-            grads = [g.layout.flatten_leaves(lv) for g, lv in zip(self._groups, grads)]
-            return ((loss, aux) if has_aux else loss), grads, carried
-
-        def closure(flats, leaves, offsets, states, hps, carried, args, kwargs):
-            self._compiles += 1
-            result, grads, carried = differentiate(flats, leaves, offsets, carried, args, kwargs)
-            return (result, *self._update(flats, leaves, offsets, states, grads, hps), carried)
-
-        def backward(flats, leaves, offsets, acc, carried, args, kwargs):
-            self._compiles += 1
-            result, grads, carried = differentiate(flats, leaves, offsets, carried, args, kwargs)
-            if acc is not None:
-                grads = jax.tree.map(jnp.add, acc, grads)
-            return result, grads, carried
-
-        def with_grads(flats, leaves, offsets, states, hps, grad_leaves, scratch):
-            self._compiles += 1
-            grads = [g.layout.flatten_leaves(lv) for g, lv in zip(self._groups, grad_leaves)]
-            # The concatenated gradients go out into the donated scratch buffers' memory.
-            kept = [{k: g[k] for k in s} for g, s in zip(grads, scratch)]
-            return (*self._update(flats, leaves, offsets, states, grads, hps), kept)
-
-        def with_flat_grads(flats, leaves, offsets, states, hps, grads):
-            self._compiles += 1
-            return self._update(flats, leaves, offsets, states, grads, hps)
-
-        # The flat buffers and the state are donated (updated in place); a shared group's
-        # leaves are not: the user may still hold the arrays a Variable held.
-        program = {
-            "closure": lambda: jax.jit(closure, donate_argnums=(0, 3)),
-            "backward": lambda: jax.jit(backward, donate_argnums=(3,)),
-            "grads": lambda: jax.jit(with_grads, donate_argnums=(0, 3, 6), keep_unused=True),
-            "flat_grads": lambda: jax.jit(with_flat_grads, donate_argnums=(0, 3)),
-        }[kind]()
-        self._programs[key] = program
-        self._last_program = (fn, (kind, has_aux, statics, tokens), program)
-        return program
-
-    def _note_loss_fn(self, key: FnKey) -> None:
-        if key in self._loss_fns:
-            return
-        self._loss_fns.add(key)
-        if len(self._loss_fns) > RECOMPILE_LIMIT and not self._warned:
-            self._warned = True
-            warnings.warn(
-                f"{type(self).__name__} has compiled step programs for {len(self._loss_fns)} "
-                "different loss functions. A function made anew at every step (a lambda, a "
-                "closure or a partial capturing new objects) is a new program to compile: "
-                "define the loss function once, outside the loop, and pass what changes as "
-                "arguments: opt.step(loss_fn, x, y).",
-                RecompileWarning,
-                stacklevel=4,
-            )
 
     # ---------------------------------------------------------------------------------------
     # Steps
@@ -612,7 +370,7 @@ class Optimizer:
           torch skips parameters without ``.grad``); they stay until :meth:`zero_grad`.
         """
         result = None
-        if callable(closure) and not args and not kwargs and _takes_no_arguments(closure):
+        if callable(closure) and not args and not kwargs and takes_no_arguments(closure):
             result = closure()
             closure = None
         if closure is None and self._grad is None:
@@ -696,82 +454,6 @@ class Optimizer:
         else:
             self._grad = jax.tree.map(jnp.zeros_like, self._grad)
 
-    # ---------------------------------------------------------------------------------------
-    # torch's state_dict
-    # ---------------------------------------------------------------------------------------
-
-    @property
-    def state(self) -> dict[int, dict[str, Any]]:
-        """Per-parameter state, keyed by parameter index: ``state_dict()["state"]``."""
-        return self.state_dict()["state"]
-
-    def state_dict(self) -> dict[str, Any]:
-        """torch's layout: ``{"state": {index: {name: value}}, "param_groups": [...]}``.
-
-        Indices number the parameters group after group, in each group's order; state names
-        are torch's (``step``, ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``,
-        ``momentum_buffer``, ``square_avg``, ``grad_avg``, ``sum``). A parameter that has not
-        stepped has no entry. Groups of named parameters carry ``param_names``.
-        """
-        self._refuse_complex_state()
-        state: dict[int, dict[str, Any]] = {}
-        groups = []
-        start = 0
-        for g, group in zip(self._groups, self.param_groups):
-            for j, entry in enumerate(state_layout.entries(g.state, g.layout)):
-                if entry:
-                    state[start + j] = entry
-            groups.append({**group, "params": list(range(start, start + len(g.layout)))})
-            start += len(g.layout)
-        return {"state": state, "param_groups": groups}
-
-    def _refuse_complex_state(self) -> None:
-        """The state of a complex parameter is kept as pairs of reals, which the state dict
-        does not yet write in torch's layout (complex buffers): say so rather than drop it."""
-        for g in self._groups:
-            if any(jnp.issubdtype(d, jnp.complexfloating) for d in g.layout.dtypes.values()):
-                raise NotImplementedError(
-                    "state_dict of complex parameters: jopt.optim steps them as torch does, but "
-                    "does not yet write or read their state in torch's layout"
-                )
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a state dict made by :meth:`state_dict` or by ``torch.optim`` (same layout).
-
-        Parameters are matched by name where both sides have ``param_names``, else by order.
-        Everything is checked before anything changes: a refused load leaves the optimizer
-        as it was.
-        """
-        self._refuse_complex_state()
-        saved_groups = state_dict["param_groups"]
-        if len(saved_groups) != len(self.param_groups):
-            raise ValueError("loaded state dict has a different number of parameter groups")
-        for saved, g in zip(saved_groups, self._groups):
-            if len(saved["params"]) != len(g.layout):
-                raise ValueError(
-                    "loaded state dict contains a parameter group that doesn't match the size "
-                    "of optimizer's group"
-                )
-        saved_state = {int(k): v for k, v in state_dict["state"].items()}
-        new_groups, new_states, new_args = [], [], []
-        for i, (saved, g) in enumerate(zip(saved_groups, self._groups)):
-            ids = _match(saved, self.param_groups[i])
-            group = {k: state_layout.plain(v) for k, v in saved.items() if k != "params"}
-            if "param_names" in self.param_groups[i]:  # matched by name: ours keep their order
-                group["param_names"] = self.param_groups[i]["param_names"]
-            static, dynamic = self._split(group)
-            arrays = jax.tree.map(lambda v: jnp.asarray(float(v)), dynamic)
-            transform = self.functional(**static, **arrays)
-            template = transform.init(self._state_input(g))
-            entries = [saved_state.get(int(p), {}) for p in ids]
-            new_states.append(state_layout.load(template, entries, g.layout))
-            new_groups.append(group)
-            new_args.append(tuple(sorted(static.items())))
-        for i, g in enumerate(self._groups):
-            self.param_groups[i] = new_groups[i]
-            g.state, g.built, g.args = new_states[i], new_args[i], None
-        self._grad = None
-
 
 # ------------------------------------------------------------------------------------------
 # Helpers
@@ -789,34 +471,8 @@ def check_kernel_flags(fused: bool | None, foreach: bool | None, differentiable:
             raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
 
 
-def _match(saved: dict[str, Any], group: dict[str, Any]) -> list[Any]:
-    """The saved parameter ids in the order of the group's parameters: by name when both
-    sides are named, else as saved."""
-    names, saved_names = group.get("param_names"), saved.get("param_names")
-    if names is None or saved_names is None or list(names) == list(saved_names):
-        return list(saved["params"])
-    by_name = dict(zip(saved_names, saved["params"]))
-    missing = [n for n in names if n not in by_name]
-    if missing:
-        raise ValueError(
-            f"loaded state dict has no parameter named {', '.join(map(repr, missing[:5]))} "
-            "in the corresponding parameter group"
-        )
-    return [by_name[n] for n in names]
-
-
-_MODULE_TYPES: dict[type, bool] = {}
-
-
-def _is_module(kind: type) -> bool:
-    """``issubclass(kind, nnx.Module)``, remembered per type (ABC checks cost microseconds)."""
-    known = _MODULE_TYPES.get(kind)
-    if known is None:
-        known = _MODULE_TYPES[kind] = issubclass(kind, nnx.Module)
-    return known
-
-
-def _takes_no_arguments(fn: Callable) -> bool:
+def takes_no_arguments(fn: Callable) -> bool:
+    """Whether ``fn`` can be called with no arguments: torch's ``step(closure)``."""
     try:
         inspect.signature(fn).bind()
     except TypeError:
@@ -824,29 +480,3 @@ def _takes_no_arguments(fn: Callable) -> bool:
     except ValueError:  # no signature (a builtin): not torch's closure
         return False
     return True
-
-
-_FLATTEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _flatten(layout: Layout) -> Callable[[list[Any]], Flat]:
-    """The jitted concatenation of a layout's leaves (one per layout)."""
-    fn = _FLATTEN.get(layout)
-    if fn is None:
-        fn = _FLATTEN[layout] = jax.jit(layout.flatten_leaves)
-    return fn
-
-
-def _hashable(value: Any) -> Any:
-    if isinstance(value, tuple | list):
-        return tuple(_hashable(v) for v in value)
-    if isinstance(value, bool | str | None):
-        return value
-    return _float(value)
-
-
-def _float(value: Any) -> float:
-    """A hyperparameter's number; torch's one-element tensors (``lr=tensor([0.01])``) too."""
-    if isinstance(value, jax.Array | np.ndarray) and value.ndim:
-        value = value.reshape(())
-    return float(value)

@@ -22,7 +22,8 @@ import jopt
 from jopt.flat import Flat, Layout
 from jopt.optim import state_layout
 from jopt.optim.lifting import FnKey
-from jopt.optim.optimizer import Optimizer, _match, _takes_no_arguments
+from jopt.optim.optimizer import Optimizer, takes_no_arguments
+from jopt.optim.state_dict import match
 from jopt.optimizers.lbfgs import ravel
 from jopt.transforms.lbfgs import LbfgsState
 
@@ -143,7 +144,7 @@ class LBFGS(Optimizer):
                 "LBFGS.step needs a closure (torch: step(closure)) or a loss function: "
                 "it evaluates the function several times per step"
             )
-        if not args and not kwargs and _takes_no_arguments(closure):
+        if not args and not kwargs and takes_no_arguments(closure):
             return self._closure_step(closure)
         fn, inputs, bindings = self._function_call(closure, has_aux, args, kwargs)
         result, flat, leaves, state, carried = fn(*inputs)
@@ -274,7 +275,7 @@ class LBFGS(Optimizer):
                 "loaded state dict contains a parameter group that doesn't match the size "
                 "of optimizer's group"
             )
-        _match(saved, self.param_groups[0])  # names, where both sides have them, must match
+        match(saved, self.param_groups[0])  # names, where both sides have them, must match
         group = {k: state_layout.plain(v) for k, v in saved.items() if k != "params"}
         if "param_names" in self.param_groups[0]:
             group["param_names"] = self.param_groups[0]["param_names"]
