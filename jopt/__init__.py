@@ -92,6 +92,7 @@ from jopt.transforms.weight_averaging import (
     swa,
     weight_average,
 )
+from jopt.unrolled import Unrolled, hypergrad, unroll
 
 __version__ = "0.1.0"
 
@@ -119,6 +120,7 @@ __all__ = [
     "Schedule",
     "SkipNonfiniteState",
     "TraceState",
+    "Unrolled",
     "WeightAverageState",
     "WeightAveraging",
     "adadelta",
@@ -140,6 +142,7 @@ __all__ = [
     "ema_momentum",
     "flat_params",
     "gradual_pruning",
+    "hypergrad",
     "identity",
     "init_sharded",
     "inject_hyperparams",
@@ -178,5 +181,6 @@ __all__ = [
     "spec_of",
     "swa",
     "trace",
+    "unroll",
     "weight_average",
 ]

@@ -79,7 +79,8 @@ def scale_by_adam(
     ``m <- lerp(m, g, 1 - b1)``, ``v <- b2 * v + (1 - b2) * g^2``; with ``amsgrad``
     ``vmax <- max(vmax, v)`` and ``v`` below reads ``vmax``. The update is
     ``(m / (1 - b1^t)) / (sqrt(v) / sqrt(1 - b2^t) + eps)`` (eps outside the sqrt, after the
-    bias correction of ``v``, as in torch).
+    bias correction of ``v``, as in torch). Differentiated, AMSGrad's max follows the larger of
+    ``vmax`` and ``v`` (JAX gives each half on an exact tie).
     """
     b1, b2 = betas
 

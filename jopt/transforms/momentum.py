@@ -28,7 +28,8 @@ def trace(
 
     ``buf <- g`` on the first step, then ``buf <- momentum * buf + (1 - dampening) * g``;
     the update is ``g + momentum * buf`` with ``nesterov``, else ``buf``. A momentum of
-    exactly 0 (possible when it is injected data) passes ``g`` through, as torch does.
+    exactly 0 (possible when it is injected data) passes ``g`` through, as torch does, so the
+    derivative with respect to ``momentum`` there is 0 (differentiate at a small positive one).
     """
 
     def init(params: Any) -> TraceState:

@@ -34,6 +34,9 @@ def scale_by_rprop(
     stays; it is clamped to ``step_sizes``. The update is ``-sign(g) * step_size`` and ``prev``
     the gradient as taken. ``lr`` is read only at ``init``, as torch reads it only on the first
     step (a schedule is read at step 0).
+
+    Differentiated (:func:`jopt.hypergrad`), the sign has derivative 0: a hypergradient flows
+    only through the step sizes (``lr``, ``etas``), and is 0 where a size is clamped.
     """
     etaminus, etaplus = etas
     lo, hi = step_sizes
