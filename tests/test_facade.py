@@ -315,3 +315,26 @@ def test_flat_params_differentiate_linearly_and_match_the_tree():
     np.testing.assert_allclose(unflatten(via_flat)["a"], jax.grad(loss)(tree)["a"], rtol=1e-6)
     jaxpr = str(jax.make_jaxpr(jax.grad(lambda f: loss(unflatten(f))))(flat))
     assert " pad" not in jaxpr and "concatenate" in jaxpr
+
+
+def test_a_loaded_group_missing_a_hyperparameter_or_out_of_range_is_refused_unchanged():
+    """torch would fail later, at the step (a bare KeyError); jopt refuses the load, naming
+    the entry, with torch's own message for a bad value, and keeps what it had."""
+    params = {"w": jnp.ones((4, 3)), "b": jnp.ones(3)}
+    opt = jopt.optim.Adam(params, lr=0.1)
+    opt.step(jax.tree.map(jnp.ones_like, params))
+    saved = opt.state_dict()
+    without = {**saved, "param_groups": [{**saved["param_groups"][0]}]}
+    del without["param_groups"][0]["betas"]
+    with pytest.raises(ValueError, match="parameter group 0 has no 'betas', which Adam reads"):
+        opt.load_state_dict(without)
+    negative = {**saved, "param_groups": [{**saved["param_groups"][0], "lr": -0.1}]}
+    with pytest.raises(ValueError) as theirs:
+        torch.optim.Adam([torch.zeros(1)], lr=-0.1)
+    with pytest.raises(ValueError, match=f"^{re.escape(str(theirs.value))}$"):
+        opt.load_state_dict(negative)
+    after = opt.state_dict()
+    assert after["param_groups"] == saved["param_groups"]
+    for index, entry in saved["state"].items():
+        for key, value in entry.items():
+            np.testing.assert_array_equal(after["state"][index][key], value)

@@ -80,7 +80,14 @@ class StateDict:
             group = {k: state_layout.plain(v) for k, v in saved.items() if k != "params"}
             if "param_names" in self.param_groups[i]:  # matched by name: ours keep their order
                 group["param_names"] = self.param_groups[i]["param_names"]
+            missing = [k for k in self._keys() if k not in group]
+            if missing:
+                raise ValueError(
+                    f"loaded state dict's parameter group {i} has no {missing[0]!r}, which "
+                    f"{type(self).__name__} reads"
+                )
             static, dynamic = self._split(group)
+            self.functional(**static, **dynamic)  # torch's checks, on the values as saved
             arrays = jax.tree.map(lambda v: jnp.asarray(float(v)), dynamic)
             transform = self.functional(**static, **arrays)
             template = transform.init(self._state_input(g))
