@@ -7,12 +7,16 @@ function; gradients come from each framework's own autodiff.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+from collections.abc import Callable, Collection
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
+import jopt
 
 # A dict of differently shaped leaves: a matrix, a vector, a one-element array and a 3-d array.
 SHAPES = {"w": (4, 3), "b": (3,), "s": (1,), "t": (2, 3, 2)}
@@ -134,6 +138,114 @@ def _largest(x: np.ndarray) -> float:
     """The largest finite magnitude in ``x`` (0 if none)."""
     finite = np.abs(x[np.isfinite(x)])
     return float(np.max(finite, initial=0.0))
+
+
+@dataclasses.dataclass
+class OracleRun:
+    """What :func:`run_against_torch` leaves: jopt's final parameters (in jopt's layout), state
+    and last updates, how often its jitted step was traced, and torch's optimizer and
+    parameters after the same steps."""
+
+    params: Any
+    state: Any
+    updates: Any
+    traces: int
+    reference: Any
+    tparams: dict[str, Any]
+
+
+def counted_step(tx: Any, apply_updates: Callable[[Any, Any], Any] = jopt.apply_updates):
+    """A jitted ``(params, state, grads) -> (params, state, updates)`` and the list of its
+    traces (one entry per trace)."""
+    traces: list[int] = []
+
+    @jax.jit
+    def step(params, state, grads):
+        traces.append(1)
+        updates, state = tx.update(grads, state, params)
+        return apply_updates(params, updates), state, updates
+
+    return step, traces
+
+
+def _same(tree: Any) -> Any:
+    return tree
+
+
+def run_against_torch(
+    tx: Any,
+    reference: Any,
+    tparams: dict[str, Any],
+    steps: int,
+    *,
+    rtol: float | None = RTOL["float32"],
+    grads: Callable[[int, dict[str, Any]], Any] | None = None,
+    change: Callable[[int, Any, dict[str, Any]], None] | None = None,
+    skip_torch: Collection[int] = (),
+    check: Callable[[int, Any, Any], None] | None = None,
+    params: Any = None,
+    state: Any = None,
+    step: Callable[[Any, Any, Any], tuple[Any, Any]] | None = None,
+    to_jopt: Callable[[Any], Any] = _same,
+    view: Callable[[Any], Any] = _same,
+    jit: bool = True,
+    apply_updates: Callable[[Any, Any], Any] = jopt.apply_updates,
+) -> OracleRun:
+    """The oracle loop: ``steps`` steps of ``tx`` and of torch's ``reference`` (an optimizer
+    over the tensors of ``tparams``) side by side, on the same gradients.
+
+    Before step ``i``: ``change(i, state, reference.param_groups[0])`` may edit jopt's state and
+    torch's group (a hyperparameter changed mid-run). ``grads(i, tparams)`` sets torch's
+    ``.grad`` and returns jopt's gradients (default :func:`torch_grads`: the shared loss's
+    gradient at torch's current parameters). torch steps unless ``i`` is in ``skip_torch``;
+    jopt steps always, jitted (traces counted) unless ``jit=False``, or through ``step(params,
+    state, grads) -> (params, state)`` where the test brings its own (then ``params`` and
+    ``state`` are what it carries). After every step ``view(params)`` must equal torch's
+    parameters within ``rtol`` (:func:`assert_tree_close`, scaled by the start); ``rtol=None``
+    leaves the comparison to the caller. ``check(i, params, state)`` runs after each step.
+
+    jopt starts from ``params`` (default: torch's parameters as jax arrays, through ``to_jopt``,
+    which also maps torch's gradients into jopt's layout, e.g. one flat buffer; ``view`` maps
+    back) and from ``state`` (default ``tx.init(params)``).
+    """
+    start = None
+    if params is None:
+        start = from_torch(tparams)
+        params = jax.tree.map(jnp.asarray, to_jopt(start))
+    elif rtol is not None:
+        start = view(params)
+    traces: list[int] = []
+    if step is None:
+        if jit:
+            jitted, traces = counted_step(tx, apply_updates)
+        else:
+
+            def jitted(params, state, grads):
+                updates, state = tx.update(grads, state, params)
+                return apply_updates(params, updates), state, updates
+
+        if state is None:
+            state = tx.init(params)
+    else:
+
+        def jitted(params, state, grads):
+            return (*step(params, state, grads), None)
+
+    grads = grads or (lambda i, tparams: torch_grads(tparams))
+    updates = None
+    for i in range(steps):
+        if change is not None:
+            change(i, state, reference.param_groups[0])
+        g = grads(i, tparams)
+        if i not in skip_torch:
+            reference.step()
+        params, state, updates = jitted(params, state, to_jopt(g))
+        if rtol is not None:
+            what = f"step {i + 1}"
+            assert_tree_close(view(params), from_torch(tparams), rtol, what, scale=start)
+        if check is not None:
+            check(i, params, state)
+    return OracleRun(params, state, updates, len(traces), reference, tparams)
 
 
 @contextlib.contextmanager

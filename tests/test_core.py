@@ -17,11 +17,13 @@ import pytest
 from conftest import (
     RTOL,
     assert_tree_close,
+    counted_step,
     from_torch,
     jax_grads,
     loss,
     make_params,
     numpy_grads,
+    run_against_torch,
     to_torch,
     torch_grads,
     torch_optimizer,
@@ -43,36 +45,13 @@ RICH = {
 NAMES = sorted(RICH)
 
 
-def counted_step(tx):
-    """A jitted ``(params, state, grads) -> (params, state)`` and the list of its traces."""
-    traces = []
-
-    @jax.jit
-    def step(params, state, grads):
-        traces.append(1)
-        updates, state = tx.update(grads, state, params)
-        return jopt.apply_updates(params, updates), state
-
-    return step, traces
-
-
-def run_against_torch(tx, name, kwargs, steps, change=None, dtype="float32"):
-    """Run ``tx`` and its torch counterpart side by side; ``change(i, state, group)`` may edit
-    the jopt state and torch's param group before step ``i``. Returns the number of traces."""
-    params = make_params(dtype)
-    tparams = to_torch(params)
+def against_torch(tx, name, kwargs, steps, change=None) -> int:
+    """:func:`run_against_torch` of ``tx`` and ``torch_optimizer(name, **kwargs)`` on the shared
+    parameters; ``change(i, state, group)`` may edit both before step ``i``. Returns the number
+    of traces of jopt's jitted step."""
+    tparams = to_torch(make_params())
     reference = torch_optimizer(name, list(tparams.values()), **kwargs)
-    step, traces = counted_step(tx)
-    jparams = jax.tree.map(jnp.asarray, params)
-    state = tx.init(jparams)
-    for i in range(steps):
-        if change is not None:
-            change(i, state, reference.param_groups[0])
-        grads = torch_grads(tparams)
-        reference.step()
-        jparams, state = step(jparams, state, grads)
-        assert_tree_close(jparams, from_torch(tparams), RTOL[dtype], f"step {i + 1}", params)
-    return len(traces)
+    return run_against_torch(tx, reference, tparams, steps, change=change).traces
 
 
 # --------------------------------------------------------------------------------------------
@@ -94,7 +73,7 @@ def test_changing_lr_takes_effect_without_recompiling(name: str) -> None:
             state.hyperparams["lr"] = new_lrs[i]
             group["lr"] = float(new_lrs[i])
 
-    assert run_against_torch(tx, name, kwargs, 20, change) == 1
+    assert against_torch(tx, name, kwargs, 20, change) == 1
 
 
 def test_betas_are_injected_as_a_tuple() -> None:
@@ -110,7 +89,7 @@ def test_betas_are_injected_as_a_tuple() -> None:
             state.hyperparams["betas"] = (0.5, 0.9)
             group["betas"] = (0.5, 0.9)
 
-    assert run_against_torch(tx, "adam", kwargs, 12, change) == 1
+    assert against_torch(tx, "adam", kwargs, 12, change) == 1
 
 
 @pytest.mark.parametrize("name", ["sgd", "momentum", "rmsprop"])
@@ -126,7 +105,7 @@ def test_momentum_switched_off_and_on_as_torch(name: str) -> None:
             state.hyperparams["momentum"] = schedule[i]
             group["momentum"] = schedule[i]
 
-    assert run_against_torch(tx, name, kwargs, 10, change) == 1
+    assert against_torch(tx, name, kwargs, 10, change) == 1
 
 
 def test_momentum_injected_as_zero_array_then_raised() -> None:
@@ -142,7 +121,7 @@ def test_momentum_injected_as_zero_array_then_raised() -> None:
             state.hyperparams["momentum"] = 0.9
             group["momentum"] = 0.9
 
-    assert run_against_torch(tx, name, torch_kwargs, 8, change) == 1
+    assert against_torch(tx, name, torch_kwargs, 8, change) == 1
 
 
 def _has(state, kind) -> bool:
@@ -174,10 +153,10 @@ def test_zero_weight_decay_is_static_unless_given(name: str) -> None:
     given = factory(lr=0.1, weight_decay=0.0)
     step, traces = counted_step(given)
     grads = jax.tree.map(jnp.zeros_like, params)  # only the decay can move the weights
-    plain, _ = step(params, given.init(params), grads)
+    plain, _, _ = step(params, given.init(params), grads)
     state = given.init(params)
     state.hyperparams["weight_decay"] = 0.5
-    decayed, _ = step(params, state, grads)
+    decayed, _, _ = step(params, state, grads)
     assert len(traces) == 1
     assert not all(
         np.allclose(a, b) for a, b in zip(jax.tree.leaves(decayed), jax.tree.leaves(plain))
@@ -213,7 +192,7 @@ def test_schedule_as_lr(name: str, inject: bool, schedule: str) -> None:
         if inject and i > 0:
             seen.append(float(state.hyperparams["lr"]))
 
-    assert run_against_torch(tx, name, kwargs, 15, change) == 1
+    assert against_torch(tx, name, kwargs, 15, change) == 1
     if inject:  # state.hyperparams shows the value the last update used
         np.testing.assert_allclose(seen, [float(lr(i)) for i in range(14)], rtol=1e-6)
 
@@ -435,52 +414,58 @@ def test_nonfinite_gradients_propagate_as_in_torch(name: str) -> None:
     """Not hidden: a NaN or inf gradient reaches the parameters exactly where torch's does,
     and the finite entries stay torch's. (Eager: the path without jit, against torch.)"""
     kwargs = RICH[name]
-    params = make_params()
-    tparams = to_torch(params)
-    reference = torch_optimizer(name, list(tparams.values()), **kwargs)
-    tx = getattr(jopt, name)(**kwargs)
-    jparams = jax.tree.map(jnp.asarray, params)
-    state = tx.init(jparams)
-    for i in range(4):
+    tparams = to_torch(make_params())
+
+    def grads(i, tparams):
         grads = torch_grads(tparams)
         if i == 1:
             grads = _poison(grads)
             for key, t in tparams.items():
                 t.grad = torch.from_numpy(grads[key])
-        reference.step()
-        updates, state = tx.update(grads, state, jparams)
-        jparams = jopt.apply_updates(jparams, updates)
+        return grads
+
+    def same_nonfinite_entries(i, params, state):
         theirs = from_torch(tparams)
-        for key, ours in jparams.items():
+        for key, ours in params.items():
             np.testing.assert_array_equal(np.isnan(ours), np.isnan(theirs[key]), key)
             np.testing.assert_array_equal(np.isinf(ours), np.isinf(theirs[key]), key)
-        assert_tree_close(jparams, theirs, RTOL["float32"], f"step {i + 1}", params)
-    assert not all(np.isfinite(x).all() for x in jax.tree.leaves(jparams))
+
+    reference = torch_optimizer(name, list(tparams.values()), **kwargs)
+    run = run_against_torch(
+        getattr(jopt, name)(**kwargs),
+        reference,
+        tparams,
+        4,
+        grads=grads,
+        check=same_nonfinite_entries,
+        jit=False,
+    )
+    assert not all(np.isfinite(x).all() for x in jax.tree.leaves(run.params))
+
+
+POISONED = (2, 5)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_skip_nonfinite_skips_the_step(name: str) -> None:
     """Wrapped, the poisoned step is skipped: torch without that step is the oracle."""
     kwargs = RICH[name]
-    params = make_params()
-    tparams = to_torch(params)
+    tparams = to_torch(make_params())
     reference = torch_optimizer(name, list(tparams.values()), **kwargs)
-    tx = jopt.skip_nonfinite(getattr(jopt, name)(**kwargs))
-    step, traces = counted_step(tx)
-    jparams = jax.tree.map(jnp.asarray, params)
-    state = tx.init(jparams)
-    for i in range(8):
+
+    def grads(i, tparams):
         grads = torch_grads(tparams)
-        if i in (2, 5):
-            jparams, state = step(jparams, state, _poison(grads))
-            assert not bool(state.last_finite)
-        else:
-            reference.step()
-            jparams, state = step(jparams, state, grads)
-            assert bool(state.last_finite)
-        assert_tree_close(jparams, from_torch(tparams), RTOL["float32"], f"step {i + 1}", params)
-    assert int(state.skipped) == 2
-    assert len(traces) == 1
+        return _poison(grads) if i in POISONED else grads
+
+    def finite_flag(i, params, state):
+        assert bool(state.last_finite) == (i not in POISONED), f"step {i + 1}"
+
+    tx = jopt.skip_nonfinite(getattr(jopt, name)(**kwargs))
+    run = run_against_torch(
+        tx, reference, tparams, 8, grads=grads, skip_torch=POISONED, check=finite_flag
+    )
+    assert int(run.state.skipped) == 2
+    assert run.traces == 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -503,25 +488,25 @@ def test_low_precision_params(name: str) -> None:
         for k, v in params.items()
     }
     reference = torch_optimizer(name, list(tparams.values()), **kwargs)
-    tx = getattr(jopt, name)(**kwargs)
-    jparams = {k: jnp.asarray(v, leaf_dtypes[k]) for k, v in params.items()}
-    state = tx.init(jparams)
 
-    @jax.jit
-    def step(params, state, grads):
-        updates, state = tx.update(grads, state, params)
-        return jopt.apply_updates(params, updates), state, updates
-
-    for _ in range(10):
+    def grads(i, tparams):
         value = loss({k: t.float() for k, t in tparams.items()}, torch)
         tgrads = torch.autograd.grad(value, list(tparams.values()))
         for t, g in zip(tparams.values(), tgrads):
             t.grad = g
-        reference.step()
-        jgrads = {
-            k: jnp.asarray(g.float().numpy(), leaf_dtypes[k]) for k, g in zip(tparams, tgrads)
-        }
-        jparams, state, updates = step(jparams, state, jgrads)
+        return {k: jnp.asarray(g.float().numpy(), leaf_dtypes[k]) for k, g in zip(tparams, tgrads)}
+
+    jparams = {k: jnp.asarray(v, leaf_dtypes[k]) for k, v in params.items()}
+    run = run_against_torch(
+        getattr(jopt, name)(**kwargs),
+        reference,
+        tparams,
+        10,
+        rtol=None,
+        grads=grads,
+        params=jparams,
+    )  # compared at the end, in units in the last place of each dtype
+    jparams, state, updates = run.params, run.state, run.updates
     for k, t in tparams.items():
         assert jparams[k].dtype == leaf_dtypes[k] == str(t.dtype).removeprefix("torch.")
         assert updates[k].dtype == leaf_dtypes[k]
@@ -548,19 +533,26 @@ def test_complex_params_follow_torch(name: str) -> None:
     and the state of a complex parameter is real with a trailing axis of 2."""
     rng = np.random.default_rng(3)
     z = (rng.normal(size=(3, 2)) + 1j * rng.normal(size=(3, 2))).astype(np.complex64)
-    tparam = torch.tensor(z.copy(), requires_grad=True)
-    reference = torch_optimizer(name, [tparam], **RICH[name])
-    tx = getattr(jopt, name)(**RICH[name])
-    params = {"z": jnp.asarray(z)}
-    state = tx.init(params)
-    step, traces = counted_step(tx)
-    for _ in range(20):
-        grad = np.asarray(params["z"]) * (0.5 - 0.2j) + (0.1 + 0.3j)  # a fixed function of p
-        tparam.grad = torch.tensor(grad)
-        reference.step()
-        params, state = step(params, state, {"z": jnp.asarray(grad)})
-    assert params["z"].dtype == jnp.complex64 and len(traces) == 1
+    tparams = {"z": torch.tensor(z.copy(), requires_grad=True)}
+    reference = torch_optimizer(name, list(tparams.values()), **RICH[name])
+
+    def grads(i, tparams):
+        grad = tparams["z"].detach().numpy() * (0.5 - 0.2j) + (0.1 + 0.3j)  # a function of p
+        tparams["z"].grad = torch.tensor(grad)
+        return {"z": jnp.asarray(grad)}
+
+    run = run_against_torch(
+        getattr(jopt, name)(**RICH[name]),
+        reference,
+        tparams,
+        20,
+        rtol=None,
+        grads=grads,
+        params={"z": jnp.asarray(z)},
+    )  # compared at the end
+    params, state = run.params, run.state
+    assert params["z"].dtype == jnp.complex64 and run.traces == 1
     assert np.all(np.isfinite(params["z"]))
-    np.testing.assert_allclose(params["z"], tparam.detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(params["z"], tparams["z"].detach().numpy(), rtol=1e-5, atol=1e-6)
     for leaf in jax.tree.leaves(state):
         assert leaf.ndim == 0 or leaf.shape == (3, 2, 2)

@@ -11,13 +11,12 @@ import jax.numpy as jnp
 import optax
 import pytest
 from conftest import (
-    RTOL,
     SHAPES,
-    assert_tree_close,
     from_torch,
     jax_grads,
     loss,
     make_params,
+    run_against_torch,
     to_torch,
     torch_grads,
 )
@@ -78,25 +77,18 @@ CHAINS = [
     ("make", "clip", "reference"), [c[1:] for c in CHAINS], ids=[c[0] for c in CHAINS]
 )
 def test_chains_match_torch(make, clip, reference) -> None:
-    params = make_params()
-    tparams = to_torch(params)
+    tparams = to_torch(make_params())
     cls, kwargs = reference
     theirs = getattr(torch.optim, cls)(list(tparams.values()), **kwargs)
-    tx = make()
 
-    @jax.jit
-    def step(params, state, grads):
-        updates, state = tx.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
-
-    ours = jax.tree.map(jnp.asarray, params)
-    state = tx.init(ours)
-    for i in range(STEPS):
+    def grads(i, tparams):
         grads = torch_grads(tparams)
-        clip(tparams)
-        theirs.step()
-        ours, state = step(ours, state, grads)
-        assert_tree_close(ours, from_torch(tparams), RTOL["float32"], f"step {i + 1}", params)
+        clip(tparams)  # torch clips its own gradients; the chain clips jopt's
+        return grads
+
+    run_against_torch(
+        make(), theirs, tparams, STEPS, grads=grads, apply_updates=optax.apply_updates
+    )
 
 
 class Model(nnx.Module):
@@ -123,36 +115,49 @@ def test_nnx_optimizer_matches_torch_and_lr_changes_without_recompiling() -> Non
     traces = []
 
     @nnx.jit
-    def step(model, optimizer):
+    def update(model, optimizer):
         traces.append(1)
         grads = nnx.grad(lambda m: loss(m.as_dict(), jnp))(model)
         optimizer.update(model, grads)
 
-    for i in range(STEPS):
+    def step(model, optimizer, torch_grads):  # jopt's side takes its own gradients
+        update(model, optimizer)
+        return model, optimizer
+
+    def change(i, optimizer, group):
         if i == STEPS // 2:
             optimizer.opt_state.hyperparams["lr"][...] = 0.003
-            theirs.param_groups[0]["lr"] = 0.003
-        torch_grads(tparams)
-        theirs.step()
-        step(model, optimizer)
-        assert_tree_close(model.as_dict(), from_torch(tparams), RTOL["float32"], f"{i}", params)
+            group["lr"] = 0.003
+
+    run_against_torch(
+        None,
+        theirs,
+        tparams,
+        STEPS,
+        change=change,
+        params=model,
+        state=optimizer,
+        step=step,
+        view=Model.as_dict,
+    )
     assert len(traces) == 1
     assert int(optimizer.step[...]) == STEPS
 
 
 def test_train_state_matches_torch() -> None:
-    params = make_params()
-    tparams = to_torch(params)
+    tparams = to_torch(make_params())
     theirs = torch.optim.SGD(list(tparams.values()), lr=0.05, momentum=0.9, dampening=0.2)
     state = train_state.TrainState.create(
         apply_fn=None,
-        params=jax.tree.map(jnp.asarray, params),
+        params=jax.tree.map(jnp.asarray, from_torch(tparams)),
         tx=jopt.sgd(lr=0.05, momentum=0.9, dampening=0.2),
     )
-    step = jax.jit(lambda state: state.apply_gradients(grads=jax_grads(state.params)))
-    for i in range(STEPS):
-        torch_grads(tparams)
-        theirs.step()
-        state = step(state)
-        assert_tree_close(state.params, from_torch(tparams), RTOL["float32"], f"{i}", params)
-    assert int(state.step) == STEPS
+    apply = jax.jit(lambda state: state.apply_gradients(grads=jax_grads(state.params)))
+
+    def step(state, _, torch_grads):  # jopt's side takes its own gradients
+        return apply(state), None
+
+    run = run_against_torch(
+        None, theirs, tparams, STEPS, params=state, step=step, view=lambda state: state.params
+    )
+    assert int(run.params.step) == STEPS

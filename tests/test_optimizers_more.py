@@ -27,6 +27,7 @@ from conftest import (
     from_torch,
     make_params,
     precision,
+    run_against_torch,
     to_torch,
     torch_grads,
 )
@@ -212,7 +213,7 @@ def matrices(dtype: str, seed: int = 0) -> dict[str, np.ndarray]:
     }
 
 
-def sparse_grads(tparams: dict[str, Any], step: int) -> dict[str, np.ndarray]:
+def sparse_grads(step: int, tparams: dict[str, Any]) -> dict[str, np.ndarray]:
     """torch's gradients with about half of the entries zero, given to torch as sparse tensors
     (SparseAdam's input) and to jopt dense."""
     grads = torch_grads(tparams)
@@ -241,43 +242,41 @@ def unflatten(flat: dict[str, Any], like: dict[str, np.ndarray]) -> dict[str, np
     return {k: part.reshape(like[k].shape) for k, part in zip(keys, parts)}
 
 
-def run_against_torch(name: str, kwargs: dict, dtype: str, check_state=None) -> Any:
-    """100 steps of jopt and torch on torch's gradients, compared after every step;
-    ``check_state(state, reference, tparams, view, what)`` may compare the states too (``view``
-    maps a tree of jopt's leaves back to torch's parameters)."""
+def run_optimizer(name: str, kwargs: dict, dtype: str, check_state=None) -> Any:
+    """100 steps of jopt and torch on torch's gradients, compared after every step
+    (:func:`run_against_torch`); ``check_state(state, reference, tparams, view, what)`` may
+    compare the states too (``view`` maps a tree of jopt's leaves back to torch's parameters).
+    Returns jopt's final state."""
     params = matrices(dtype) if name == "muon" else make_params(dtype)
     tparams = to_torch(params)
-    grads_of = sparse_grads if name == "sparse_adam" else lambda t, _: torch_grads(t)
+    grads = sparse_grads if name == "sparse_adam" else lambda i, t: torch_grads(t)
     flat = name in ELEMENTWISE
     view = (lambda tree: unflatten(tree, params)) if flat else (lambda tree: tree)
+    check = None
+    if check_state is not None:
+
+        def check(i, _, state):
+            check_state(state, reference, tparams, view, f"step {i + 1}")
+
     with torch_scalars(dtype), torch_kernels(name):
         reference = getattr(torch.optim, TORCH_CLASS[name])(
             list(tparams.values()), **_for_torch(kwargs)
         )
-        tx = getattr(jopt, name)(**_for_jopt(kwargs))
-        traces = []
-
-        @jax.jit
-        def step(params, state, grads):
-            traces.append(1)
-            updates, state = tx.update(grads, state, params)
-            return jopt.apply_updates(params, updates), state
-
-        jparams = jax.tree.map(jnp.asarray, flatten(params) if flat else params)
-        state = tx.init(jparams)
-        for i in range(STEPS):
-            grads = grads_of(tparams, i)
-            reference.step()
-            jparams, state = step(jparams, state, flatten(grads) if flat else grads)
-            what = f"step {i + 1}"
-            rtol = (MUON_RTOL if name == "muon" else RTOL)[dtype]
-            assert_tree_close(view(jparams), from_torch(tparams), rtol, what=what, scale=params)
-            if check_state is not None:
-                check_state(state, reference, tparams, view, what)
-    assert len(traces) == 1, "the jitted step was traced again: the state changed its types"
-    for leaf in jax.tree.leaves(jparams):
+        run = run_against_torch(
+            getattr(jopt, name)(**_for_jopt(kwargs)),
+            reference,
+            tparams,
+            STEPS,
+            rtol=(MUON_RTOL if name == "muon" else RTOL)[dtype],
+            grads=grads,
+            check=check,
+            to_jopt=flatten if flat else (lambda tree: tree),
+            view=view,
+        )
+    assert run.traces == 1, "the jitted step was traced again: the state changed its types"
+    for leaf in jax.tree.leaves(run.params):
         assert leaf.dtype == dtype
-    return state
+    return run.state
 
 
 @pytest.fixture(params=["float32", pytest.param("float64", marks=pytest.mark.slow)])
@@ -290,7 +289,7 @@ def dtype(request: pytest.FixtureRequest):
 @pytest.mark.parametrize("config", CONFIGS, ids=[_id(c) for c in CONFIGS])
 def test_matches_torch_every_step(config: tuple[str, dict], dtype: str) -> None:
     name, kwargs = config
-    run_against_torch(name, kwargs, dtype)
+    run_optimizer(name, kwargs, dtype)
 
 
 def _find(state: Any, kind: type) -> Any:
@@ -314,7 +313,7 @@ def test_asgd_average_is_torchs_ax(kwargs: dict, dtype: str) -> None:
         np.testing.assert_allclose(sub.eta, first["eta"].item(), rtol=RTOL[dtype])
         np.testing.assert_allclose(sub.mu, first["mu"].item(), rtol=RTOL[dtype])
 
-    run_against_torch("asgd", kwargs, dtype, check)
+    run_optimizer("asgd", kwargs, dtype, check)
 
 
 def test_adafactor_state_is_torchs(dtype: str) -> None:
@@ -333,7 +332,7 @@ def test_adafactor_state_is_torchs(dtype: str) -> None:
                         ours, theirs[field].numpy(), rtol=1e-4, err_msg=f"{key} {field} {what}"
                     )
 
-    run_against_torch("adafactor", {"lr": 0.05}, dtype, check)
+    run_optimizer("adafactor", {"lr": 0.05}, dtype, check)
 
 
 # --------------------------------------------------------------------------------------------
@@ -475,23 +474,34 @@ def test_complex_parameters_as_torch(config: tuple[str, dict]) -> None:
     name, kwargs = config
     rng = np.random.default_rng(1)
     z = (rng.normal(size=(3, 2)) + 1j * rng.normal(size=(3, 2))).astype(np.complex64)
-    tz = torch.tensor(z, requires_grad=True)
-    reference = getattr(torch.optim, TORCH_CLASS[name])([tz], **kwargs)
-    tx = getattr(jopt, name)(**kwargs)
-    params = {"z": jnp.asarray(z)}
-    state = tx.init(params)
-    step = jax.jit(
-        lambda p, s, g: (lambda u, s: (jopt.apply_updates(p, u), s))(*tx.update(g, s, p))
-    )
-    for i in range(20):
-        current = tz.detach().numpy()
+    tparams = {"z": torch.tensor(z, requires_grad=True)}
+    reference = getattr(torch.optim, TORCH_CLASS[name])(list(tparams.values()), **kwargs)
+
+    def grads(i, tparams):
+        current = tparams["z"].detach().numpy()
         grad = (np.sin(current.real) + 1j * np.cos(3 * current.imag)).astype(np.complex64)
-        tz.grad = torch.from_numpy(grad.copy())
-        reference.step()
-        params, state = step(params, state, {"z": jnp.asarray(grad)})
+        tparams["z"].grad = torch.from_numpy(grad.copy())
+        return {"z": jnp.asarray(grad)}
+
+    def compare(i, params, state):
         np.testing.assert_allclose(
-            np.asarray(params["z"]), tz.detach().numpy(), rtol=1e-5, atol=1e-5, err_msg=str(i)
+            np.asarray(params["z"]),
+            tparams["z"].detach().numpy(),
+            rtol=1e-5,
+            atol=1e-5,
+            err_msg=str(i),
         )
+
+    run_against_torch(
+        getattr(jopt, name)(**kwargs),
+        reference,
+        tparams,
+        20,
+        rtol=None,
+        grads=grads,
+        check=compare,
+        params={"z": jnp.asarray(z)},
+    )
 
 
 INJECTED = [
@@ -517,24 +527,12 @@ def _run_injected(name: str, kwargs: dict, later: dict) -> None:
     params = matrices("float32") if name == "muon" else make_params("float32")
     tparams = to_torch(params)
     reference = getattr(torch.optim, TORCH_CLASS[name])(list(tparams.values()), **kwargs)
-    tx = jopt.inject_hyperparams(getattr(jopt, name))(**kwargs)
-    traces = []
 
-    @jax.jit
-    def step(params, state, grads):
-        traces.append(1)
-        updates, state = tx.update(grads, state, params)
-        return jopt.apply_updates(params, updates), state
-
-    jparams = jax.tree.map(jnp.asarray, params)
-    state = tx.init(jparams)
-    for i in range(20):
+    def change(i, state, group):
         if i == 10:
             for k, v in later.items():
                 state.hyperparams[k] = v
-                reference.param_groups[0][k] = v
-        grads = torch_grads(tparams)
-        reference.step()
-        jparams, state = step(jparams, state, grads)
-        assert_tree_close(jparams, from_torch(tparams), RTOL["float32"], f"step {i + 1}", params)
-    assert len(traces) == 1
+                group[k] = v
+
+    tx = jopt.inject_hyperparams(getattr(jopt, name))(**kwargs)
+    assert run_against_torch(tx, reference, tparams, 20, change=change).traces == 1

@@ -10,16 +10,13 @@ from __future__ import annotations
 import inspect
 
 import jax
-import jax.numpy as jnp
 import pytest
 from conftest import (
     RTOL,
     TORCH_CLASS,
-    assert_tree_close,
-    from_torch,
     make_params,
+    run_against_torch,
     to_torch,
-    torch_grads,
     torch_optimizer,
 )
 
@@ -87,31 +84,13 @@ def _id(config: tuple[str, dict]) -> str:
 @pytest.mark.parametrize("config", CONFIGS, ids=[_id(c) for c in CONFIGS])
 def test_matches_torch_every_step(config: tuple[str, dict], dtype: str) -> None:
     name, kwargs = config
-    params = make_params(dtype)
-    tparams = to_torch(params)
+    tparams = to_torch(make_params(dtype))
     reference = torch_optimizer(name, list(tparams.values()), **kwargs)
-
-    tx = getattr(jopt, name)(**kwargs)
-    traces = []
-
-    @jax.jit
-    def step(params, state, grads):
-        traces.append(1)
-        updates, state = tx.update(grads, state, params)
-        return jopt.apply_updates(params, updates), state
-
-    jparams = jax.tree.map(jnp.asarray, params)
-    state = tx.init(jparams)
-    for i in range(STEPS):
-        grads = torch_grads(tparams)
-        reference.step()
-        jparams, state = step(jparams, state, grads)
-        assert_tree_close(
-            jparams, from_torch(tparams), RTOL[dtype], what=f"step {i + 1}", scale=params
-        )
-
-    assert len(traces) == 1, "the jitted step was traced again: the state changed its types"
-    for leaf in jax.tree.leaves(jparams):
+    run = run_against_torch(
+        getattr(jopt, name)(**kwargs), reference, tparams, STEPS, rtol=RTOL[dtype]
+    )
+    assert run.traces == 1, "the jitted step was traced again: the state changed its types"
+    for leaf in jax.tree.leaves(run.params):
         assert leaf.dtype == dtype
 
 

@@ -10,9 +10,9 @@ import pytest
 from conftest import (
     RTOL,
     assert_tree_close,
-    from_torch,
     jax_grads,
     make_params,
+    run_against_torch,
     to_torch,
     torch_grads,
 )
@@ -85,27 +85,23 @@ def _groups(tparams, **decayed_group):
     ]
 
 
-def _run_against(tx, reference, tparams, params, steps=20, extra_grad=None):
-    jparams = jax.tree.map(jnp.asarray, params)
-    state = tx.init(jparams)
-    step = jax.jit(
-        lambda p, s, g: (lambda u, s: (jopt.apply_updates(p, u), s))(*tx.update(g, s, p))
-    )
-    for i in range(steps):
+def _extra_grad(extra):
+    """Gradients for :func:`run_against_torch` where torch adds ``extra(p)`` to its own
+    (a penalty jopt adds itself): jopt gets the shared loss's gradient alone."""
+
+    def grads(i, tparams):
         grads = torch_grads(tparams)
-        if extra_grad is not None:
-            for t in tparams.values():
-                t.grad = t.grad + extra_grad(t.detach())
-        reference.step()
-        jparams, state = step(jparams, state, grads)
-        assert_tree_close(jparams, from_torch(tparams), RTOL["float32"], f"step {i + 1}", params)
+        for t in tparams.values():
+            t.grad = t.grad + extra(t.detach())
+        return grads
+
+    return grads
 
 
 @pytest.mark.parametrize("mask", sorted(MASKS))
 def test_masked_coupled_decay_is_torch_param_groups(mask: str) -> None:
     """``chain(add_decayed_weights(wd, mask), sgd)`` is SGD with decay in one param group."""
-    params = make_params()
-    tparams = to_torch(params)
+    tparams = to_torch(make_params())
     reference = torch.optim.SGD(
         _groups(tparams, weight_decay=0.1), lr=0.05, momentum=0.9, dampening=0.1
     )
@@ -113,21 +109,20 @@ def test_masked_coupled_decay_is_torch_param_groups(mask: str) -> None:
         jopt.add_decayed_weights(0.1, mask=MASKS[mask]),
         jopt.sgd(lr=0.05, momentum=0.9, dampening=0.1),
     )
-    _run_against(tx, reference, tparams, params)
+    run_against_torch(tx, reference, tparams, 20)
 
 
 @pytest.mark.parametrize("mask", sorted(MASKS))
 def test_masked_decoupled_decay_is_torch_adamw_param_groups(mask: str) -> None:
     """AdamW's decay from the building blocks: decay after the preconditioner, before ``-lr``."""
-    params = make_params()
-    tparams = to_torch(params)
+    tparams = to_torch(make_params())
     reference = torch.optim.AdamW(_groups(tparams, weight_decay=0.1), lr=0.01, amsgrad=True)
     tx = jopt.chain(
         jopt.scale_by_adam(amsgrad=True),
         jopt.add_decayed_weights(0.1, mask=MASKS[mask]),
         jopt.scale_by_learning_rate(0.01),
     )
-    _run_against(tx, reference, tparams, params)
+    run_against_torch(tx, reference, tparams, 20)
 
 
 def test_mask_that_does_not_match_names_the_path() -> None:
@@ -155,7 +150,7 @@ def test_l1_penalty_is_the_gradient_of_torchs_l1_loss(l1: float) -> None:
         return grad
 
     tx = jopt.chain(jopt.add_l1_penalty(l1), jopt.sgd(lr=0.05, momentum=0.5))
-    _run_against(tx, reference, tparams, params, steps=10, extra_grad=l1_grad)
+    run_against_torch(tx, reference, tparams, 10, grads=_extra_grad(l1_grad))
 
 
 def test_add_decayed_weights_needs_params() -> None:
