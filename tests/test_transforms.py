@@ -165,13 +165,17 @@ def test_add_decayed_weights_needs_params() -> None:
 # --------------------------------------------------------------------------------------------
 
 
+# Built once, so that the cases share their compiled updates.
+SKIP_INNER = jopt.inject_hyperparams(jopt.adam)(lr=0.1, amsgrad=True)
+SKIP_TX = jopt.skip_nonfinite(SKIP_INNER)
+SKIP_UPDATE, INNER_UPDATE = jax.jit(SKIP_TX.update), jax.jit(SKIP_INNER.update)
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_skip_nonfinite_keeps_the_inner_state(bad: float) -> None:
-    inner = jopt.inject_hyperparams(jopt.adam)(lr=0.1, amsgrad=True)
-    tx = jopt.skip_nonfinite(inner)
+    tx, update = SKIP_TX, SKIP_UPDATE
     params = jax.tree.map(jnp.asarray, make_params())
     grads = jax_grads(params)
-    update = jax.jit(tx.update)
     _, state = update(grads, tx.init(params), params)
     poisoned = {**grads, "b": grads["b"].at[1].set(bad)}
     updates, after = update(poisoned, state, params)
@@ -180,7 +184,7 @@ def test_skip_nonfinite_keeps_the_inner_state(bad: float) -> None:
     jax.tree.map(np.testing.assert_array_equal, after.inner_state, state.inner_state)
     assert (int(after.skipped), bool(after.last_finite)) == (1, False)
     # The next finite step is the step the inner optimizer would have taken.
-    expected, _ = jax.jit(inner.update)(grads, state.inner_state, params)
+    expected, _ = INNER_UPDATE(grads, state.inner_state, params)
     got, final = update(grads, after, params)
     jax.tree.map(np.testing.assert_array_equal, got, expected)
     assert (int(final.skipped), bool(final.last_finite)) == (1, True)
@@ -210,54 +214,65 @@ TRANSFORMS = {
     "injected-adamw": lambda: jopt.inject_hyperparams(jopt.adamw)(lr=0.1, maximize=True),
 }
 BUILT = {name: make() for name, make in TRANSFORMS.items()}
-JITTED = {name: jax.jit(tx.update) for name, tx in BUILT.items()}
+NAMES = sorted(BUILT)
 
-# Tree layouts (zeros stand for leaves): nested containers, a None, a scalar. Few, so that
-# compilations are shared between examples (the values are what hypothesis explores).
-LAYOUTS = [
-    {"layers": [{"kernel": np.zeros((2, 3)), "bias": np.zeros(3)}, (np.zeros(()), None)]},
-]
+
+@jax.jit
+def _all_updates(grads, states, params):
+    """Every transform's update, jitted as one program: one compilation per dtype for all of
+    them (13 programs would cost several times as long to compile)."""
+    return {name: BUILT[name].update(grads, states[name], params) for name in NAMES}
+
+
+# One tree layout (zeros stand for leaves): nested containers, a None, a scalar. The dtype is
+# a parameter, so each test compiles once and its examples explore values only.
+LAYOUT = {"layers": [{"kernel": np.zeros((2, 3)), "bias": np.zeros(3)}, (np.zeros(()), None)]}
 DTYPES = ["float32", "bfloat16", "float16"]
 # jit may fuse a chain of low-precision operations and round once where eager rounds each.
 JIT_RTOL = {"float32": 1e-5, "bfloat16": 2e-2, "float16": 4e-3}
 
 
 @st.composite
-def trees(draw):
-    """Parameters and gradients of one layout and one dtype, values in [-4, 4]."""
-    layout = draw(st.sampled_from(LAYOUTS))
-    dtype = draw(st.sampled_from(DTYPES))
+def trees(draw, dtype: str):
+    """Parameters and gradients of the layout in ``dtype``, values in [-4, 4]."""
     finite = st.floats(-4, 4, width=32, allow_subnormal=False)
 
     def leaf(like):
         return jnp.asarray(draw(hnp.arrays(np.float32, like.shape, elements=finite)), dtype)
 
-    return jax.tree.map(leaf, layout), jax.tree.map(leaf, layout), dtype
+    return jax.tree.map(leaf, LAYOUT), jax.tree.map(leaf, LAYOUT)
 
 
 def _signature(tree):
     return jax.tree.structure(tree), [(x.shape, x.dtype) for x in jax.tree.leaves(tree)]
 
 
-@pytest.mark.parametrize("name", sorted(TRANSFORMS))
-@settings(max_examples=3, deadline=None, derandomize=True)
-@given(data=trees())
-def test_tree_shapes_and_dtypes_kept_and_jit_equals_eager(name, data) -> None:
-    params, grads, dtype = data
-    tx, update = BUILT[name], JITTED[name]
-    # Updates have the gradients' tree, shapes and dtypes; the state keeps its own types.
-    eager_state = jit_state = state = tx.init(params)
+@pytest.mark.parametrize("dtype", DTYPES)
+@settings(max_examples=10, deadline=None, derandomize=True)
+@given(data=st.data())
+def test_tree_shapes_and_dtypes_kept_and_jit_equals_eager(dtype, data) -> None:
+    """Each example runs every transform (so 30 examples per transform, 10 per dtype)."""
+    params, grads = data.draw(trees(dtype))
+    rtol = JIT_RTOL[dtype]
+    states = {name: BUILT[name].init(params) for name in NAMES}
+    eager_states = jit_states = states
     for step in range(2):
-        eager_updates, eager_state = tx.update(grads, eager_state, params)
-        jit_updates, jit_state = update(grads, jit_state, params)
-        assert _signature(eager_updates) == _signature(grads)
-        assert _signature(eager_state) == _signature(state)
-        assert _signature(jit_state) == _signature(state)
-        rtol = JIT_RTOL[dtype]
-        assert_tree_close(jit_updates, eager_updates, rtol, f"updates, step {step + 1}")
-        assert_tree_close(jit_state, eager_state, rtol, f"state, step {step + 1}")
-    # Every float buffer of the state that mirrors a parameter has its dtype.
+        jitted = _all_updates(grads, jit_states, params)
+        jit_states = {name: jitted[name][1] for name in NAMES}
+        for name in NAMES:
+            eager_updates, eager_state = BUILT[name].update(grads, eager_states[name], params)
+            eager_states = {**eager_states, name: eager_state}
+            jit_updates, jit_state = jitted[name]
+            what = f"{name}, step {step + 1}"
+            # Updates have the gradients' tree, shapes and dtypes; the state keeps its types.
+            assert _signature(eager_updates) == _signature(grads), what
+            assert _signature(eager_state) == _signature(states[name]), what
+            assert _signature(jit_state) == _signature(states[name]), what
+            assert_tree_close(jit_updates, eager_updates, rtol, f"updates, {what}")
+            assert_tree_close(jit_state, eager_state, rtol, f"state, {what}")
+    # Every float buffer of a state that mirrors a parameter has its dtype.
     shapes = {(x.shape, x.dtype) for x in jax.tree.leaves(params)}
-    for x in jax.tree.leaves(state):
-        if x.shape and jnp.issubdtype(x.dtype, jnp.floating):
-            assert (x.shape, x.dtype) in shapes
+    for name in NAMES:
+        for x in jax.tree.leaves(states[name]):
+            if x.shape and jnp.issubdtype(x.dtype, jnp.floating):
+                assert (x.shape, x.dtype) in shapes, name
