@@ -1,5 +1,7 @@
 """Compiled training on Iris: accuracy bands, schedules, sweeps, donation, no recompiles."""
 
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,6 +23,7 @@ from jopt.train import (
     sweep,
 )
 from jopt.train.cache import CompileCounter
+from jopt.train.data import num_batches
 from jopt.train.lr import find_hyperparams
 from jopt.train.steps import make_train_step
 
@@ -62,40 +65,54 @@ def test_every_optimizer_reaches_its_band(name):
 
 def test_torch_default_sgd_rate_is_out_of_band():
     # torch's SGD default (lr=1e-3) barely moves in 100 epochs: the band test can fail.
-    result = run(RunConfig(optimizer="sgd", lr=1e-3))
+    torch = pytest.importorskip("torch")
+    default = inspect.signature(torch.optim.SGD).parameters["lr"].default
+    result = run(RunConfig(optimizer="sgd", lr=default))
     assert result.final("train_loss") > 0.3
 
 
-def test_step_schedule_counts_epochs():
+def torch_rates(config, scheduler, *args, steps_per_epoch=1, metrics=None, **kwargs):
+    """The rate of each epoch of ``config``'s run by torch's ``lr_scheduler.<scheduler>`` over
+    an optimizer at the run's learning rate: stepped after each of ``steps_per_epoch`` steps
+    an epoch (the epoch's rate is its last step's), with ``metrics[epoch]`` when given."""
     torch = pytest.importorskip("torch")
-    result = run(RunConfig(schedule="step", epochs=12, step_size=4, gamma=0.5))
-    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.01)
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=4, gamma=0.5)
-    expected = []
-    for _ in range(12):  # torch: the rate of each epoch, then scheduler.step()
-        expected.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
+    c = config.resolved()
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=c.lr)
+    sched = getattr(torch.optim.lr_scheduler, scheduler)(opt, *args, **kwargs)
+    rates = []
+    for epoch in range(c.epochs):
+        for _ in range(steps_per_epoch):
+            rates.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step(*([] if metrics is None else [float(metrics[epoch])]))
+    return rates[steps_per_epoch - 1 :: steps_per_epoch]
+
+
+def test_step_schedule_counts_epochs():
+    config = RunConfig(schedule="step", epochs=12, step_size=4, gamma=0.5)
+    result = run(config)
+    expected = torch_rates(config, "StepLR", step_size=4, gamma=0.5)
     np.testing.assert_allclose(result.history["lr"], expected, rtol=1e-6)
 
 
-def test_onecycle_counts_steps():
-    result = run(RunConfig(schedule="onecycle", epochs=6))
-    schedule = jopt.schedules.one_cycle_lr(0.01, 6 * 8)
-    expected = [schedule(8 * e + 7) for e in range(6)]  # the epoch's last step
+def test_onecycle_counts_steps(data):
+    config = RunConfig(schedule="onecycle", epochs=6)
+    result = run(config)
+    steps = num_batches(len(data.x_train), config.batch_size)
+    expected = torch_rates(config, "OneCycleLR", config.resolved().lr,
+                           total_steps=config.epochs * steps, steps_per_epoch=steps)
     np.testing.assert_allclose(result.history["lr"], expected, rtol=1e-5)
 
 
 def test_plateau_acts_on_the_epochs_training_loss():
-    result = run(RunConfig(schedule="plateau"))
+    """torch's ReduceLROnPlateau with its defaults (patience 10) and the recipe's factor."""
+    config = RunConfig(schedule="plateau")
+    result = run(config)
     lrs, losses = result.history["lr"], result.history["train_loss"]
-    state = jopt.plateau.ReduceOnPlateauState(0.01, np.inf, 0, 0, 0)
-    expected = []
-    for loss in losses:
-        expected.append(float(state.lr))  # the epoch ran at the rate set after the last one
-        state = jopt.plateau_step(state, np.float32(loss), patience=10, factor=0.1)
+    expected = torch_rates(config, "ReduceLROnPlateau", factor=config.resolved().gamma,
+                           metrics=losses)  # the epoch ran at the rate set after the last one
     np.testing.assert_allclose(lrs, expected, rtol=1e-6)
-    assert min(lrs) < 0.01  # it did reduce
+    assert min(lrs) < lrs[0]  # it did reduce
 
 
 def test_sweep_equals_runs_one_by_one(data):
