@@ -3,6 +3,7 @@
 import dataclasses
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -152,17 +153,21 @@ def test_a_second_writer_is_refused_and_the_first_keeps_going(tmp_path):
 
 
 def test_a_killed_writer_leaves_no_lock_behind(tmp_path):
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_LOCK, str(tmp_path)], stdout=subprocess.PIPE, text=True
-    )
+    ckpt, errors = tmp_path / "ckpt", tmp_path / "holder.err"
+    with errors.open("w") as err:
+        holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(ckpt)],
+                                  stdout=subprocess.PIPE, stderr=err, text=True)
     try:
-        assert holder.stdout.readline().strip() == "locked"
+        if holder.stdout.readline().strip() != "locked":
+            holder.wait(timeout=60)
+            pytest.fail(f"the lock holder exited {holder.returncode}: {errors.read_text()}")
         with pytest.raises(CheckpointError, match=f"in use by another run \\(pid {holder.pid}\\)"):
-            run(CONFIG, checkpoints=Checkpoints(tmp_path), checkpoint_every=10)
+            run(CONFIG, checkpoints=Checkpoints(ckpt), checkpoint_every=10)
     finally:
         holder.kill()  # as kill -9 would: the OS releases the lock
         holder.wait()
-    assert run(CONFIG, checkpoints=Checkpoints(tmp_path), checkpoint_every=10).checkpoints
+    assert holder.returncode == -signal.SIGKILL, errors.read_text()  # killed, holding the lock
+    assert run(CONFIG, checkpoints=Checkpoints(ckpt), checkpoint_every=10).checkpoints
 
 
 HOLD_LOCK = """
