@@ -40,6 +40,7 @@ from jopt.optimizers import (
     sgd,
     sparse_adam,
 )
+from jopt.optimizers.hypergradient import adam_hd, sgd_hd
 from jopt.plateau import ReduceOnPlateauState, plateau_step, reduce_on_plateau
 from jopt.sharding import init_sharded, state_shardings
 from jopt.transforms import (
@@ -51,6 +52,7 @@ from jopt.transforms import (
     ScaleByAdamaxState,
     ScaleByAdamState,
     ScaleByAsgdState,
+    ScaleByHypergradientState,
     ScaleByLearningRateState,
     ScaleByNadamState,
     ScaleByRadamState,
@@ -76,6 +78,7 @@ from jopt.transforms import (
     scale_by_adam,
     scale_by_adamax,
     scale_by_asgd,
+    scale_by_hypergradient,
     scale_by_learning_rate,
     scale_by_nadam,
     scale_by_radam,
@@ -111,6 +114,7 @@ __all__ = [
     "ScaleByAdamState",
     "ScaleByAdamaxState",
     "ScaleByAsgdState",
+    "ScaleByHypergradientState",
     "ScaleByLearningRateState",
     "ScaleByNadamState",
     "ScaleByRadamState",
@@ -127,6 +131,7 @@ __all__ = [
     "adafactor",
     "adagrad",
     "adam",
+    "adam_hd",
     "adamax",
     "adamw",
     "add_decayed_weights",
@@ -167,6 +172,7 @@ __all__ = [
     "scale_by_adam",
     "scale_by_adamax",
     "scale_by_asgd",
+    "scale_by_hypergradient",
     "scale_by_learning_rate",
     "scale_by_nadam",
     "scale_by_radam",
@@ -175,6 +181,7 @@ __all__ = [
     "scale_by_sparse_adam",
     "schedules",
     "sgd",
+    "sgd_hd",
     "skip_nonfinite",
     "sparse_adam",
     "state_shardings",

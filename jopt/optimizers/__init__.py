@@ -11,6 +11,9 @@ ASGD), :mod:`~jopt.optimizers.adam` (Adam, AdamW, Adamax, NAdam, RAdam, SparseAd
 :mod:`~jopt.optimizers.rms` (RMSprop, Adagrad, Adadelta), :mod:`~jopt.optimizers.sign`
 (Rprop), :mod:`~jopt.optimizers.factored` (Adafactor), :mod:`~jopt.optimizers.orthogonal`
 (Muon) and :mod:`~jopt.optimizers.lbfgs` (L-BFGS, whose step evaluates the loss itself).
+Beyond torch's: :mod:`~jopt.optimizers.hypergradient` (SGD-HD and Adam-HD, whose learning rate
+follows its hypergradient; ``jopt.sgd_hd``, ``jopt.adam_hd``), kept out of this package's
+``__all__``, which lists torch's optimizers.
 """
 
 from jopt.optimizers.adam import adam, adamax, adamw, nadam, radam, sparse_adam

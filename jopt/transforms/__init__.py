@@ -45,6 +45,7 @@ from jopt.transforms.common import (
     skip_nonfinite,
 )
 from jopt.transforms.factored import ScaleByAdafactorState, scale_by_adafactor
+from jopt.transforms.hypergradient import ScaleByHypergradientState, scale_by_hypergradient
 from jopt.transforms.momentum import EmaMomentumState, TraceState, ema_momentum, trace
 from jopt.transforms.orthogonal import adjust_lr_by_shape, orthogonalize_by_newton_schulz
 from jopt.transforms.pruning import (
@@ -72,6 +73,7 @@ __all__ = [
     "ScaleByAdagradState",
     "ScaleByAdamState",
     "ScaleByAdamaxState",
+    "ScaleByHypergradientState",
     "ScaleByAsgdState",
     "ScaleByLearningRateState",
     "ScaleByNadamState",
@@ -98,6 +100,7 @@ __all__ = [
     "scale_by_adam",
     "scale_by_adamax",
     "scale_by_asgd",
+    "scale_by_hypergradient",
     "scale_by_learning_rate",
     "scale_by_nadam",
     "scale_by_radam",
