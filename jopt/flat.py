@@ -29,7 +29,19 @@ import numpy as np
 __all__ = ["Flat", "Layout", "flat_params"]
 
 Flat = dict[str, jax.Array]
-"""A flat group: dtype name -> 1-D buffer."""
+"""A flat group: bucket name -> buffer (a dtype's name -> its 1-D buffer; a sharded leaf's own
+bucket -> the leaf in its shape)."""
+
+
+def is_sharded(leaf: Any) -> bool:
+    """Whether ``leaf`` is split over several devices (not a full copy on each): concatenating
+    it with others would move data between devices, so it keeps a bucket of its own."""
+    sharding = getattr(leaf, "sharding", None)
+    return (
+        isinstance(sharding, jax.sharding.Sharding)
+        and len(sharding.device_set) > 1
+        and not sharding.is_fully_replicated
+    )
 
 
 class Slot(NamedTuple):
@@ -48,8 +60,11 @@ class Layout:
     """How a sequence of leaves maps onto flat per-dtype buffers.
 
     Buckets appear in the order their dtype is first met, and leaves keep their order inside a
-    bucket, so the layout of a list of leaves is deterministic. ``names`` (one per leaf) only
-    serve error messages.
+    bucket, so the layout of a list of leaves is deterministic. A leaf split over several
+    devices (:func:`is_sharded`) is a bucket of its own, ``"<dtype>:<index>"``, kept in its
+    shape and its sharding: a flat buffer never concatenates arrays that live on different
+    devices, and the optimizer state over such a bucket is sharded as the leaf is. ``names``
+    (one per leaf) only serve error messages.
     """
 
     def __init__(self, leaves: Sequence[Any], names: Sequence[str] | None = None) -> None:
@@ -57,24 +72,29 @@ class Layout:
         self.slots: list[Slot] = []
         self.sizes: dict[str, int] = {}
         self.dtypes: dict[str, np.dtype] = {}
-        for name, leaf in zip(self.names, leaves):
+        self.bucket_shapes: dict[str, tuple[int, ...]] = {}
+        """Each bucket's buffer shape: ``(size,)``, or a sharded leaf's own shape."""
+        for index, (name, leaf) in enumerate(zip(self.names, leaves)):
             dtype = np.dtype(jnp.result_type(leaf))
             if not jnp.issubdtype(dtype, jnp.inexact):
                 raise ValueError(
                     f"can't keep a leaf of dtype {dtype} at {name or '<root>'} in a flat "
                     "buffer: parameters are floating point or complex"
                 )
-            bucket = dtype.name
+            shape = tuple(jnp.shape(leaf))
+            bucket = f"{dtype.name}:{index}" if is_sharded(leaf) else dtype.name
             self.dtypes.setdefault(bucket, dtype)
             offset = self.sizes.get(bucket, 0)
-            shape = tuple(jnp.shape(leaf))
             self.slots.append(Slot(bucket, offset, shape))
             self.sizes[bucket] = offset + math.prod(shape)
+            self.bucket_shapes[bucket] = shape if bucket != dtype.name else (self.sizes[bucket],)
         self.shapes = [slot.shape for slot in self.slots]
         self._members = {
             bucket: [i for i, s in enumerate(self.slots) if s.bucket == bucket]
             for bucket in self.sizes
         }
+        self.shaped = frozenset(b for b in self.sizes if ":" in b)
+        """The buckets of sharded leaves, each its leaf in its own shape."""
         self.concatenated = tuple(b for b, members in self._members.items() if len(members) > 1)
         """The buckets made of several leaves (their gradients are concatenated at each step)."""
 
@@ -89,6 +109,9 @@ class Layout:
         out = {}
         for bucket, members in self._members.items():
             dtype = self.dtypes[bucket]
+            if bucket in self.shaped:
+                out[bucket] = jnp.asarray(leaves[members[0]], dtype)
+                continue
             chunks = [jnp.ravel(jnp.asarray(leaves[i], dtype)) for i in members]
             out[bucket] = chunks[0] if len(chunks) == 1 else jnp.concatenate(chunks)
         return out
@@ -129,7 +152,7 @@ class Layout:
         return (
             isinstance(value, dict)
             and set(value) == set(self.sizes)
-            and all(jnp.shape(value[k]) == (n,) for k, n in self.sizes.items())
+            and all(jnp.shape(value[k]) == shape for k, shape in self.bucket_shapes.items())
         )
 
 

@@ -43,6 +43,7 @@ from jopt.optim.lifting import Binding, FnKey, get_value, set_value
 from jopt.optim.params import groups_of, is_group_list, is_sparse, source_of, warn_duplicates
 from jopt.optim.programs import Programs, RecompileWarning
 from jopt.optim.state_dict import StateDict
+from jopt.sharding import init_sharded
 
 __all__ = ["Optimizer", "RecompileWarning", "check_kernel_flags", "takes_no_arguments"]
 
@@ -223,7 +224,10 @@ class Optimizer(Programs, StateDict):
             static, arrays = self._group_args(index)
             stored.built = static
             first = list(map(jnp.asarray, initial)) if leafwise else flatten(layout)(initial)
-            stored.state = self._transform(index, arrays).init(first)
+            transform = self._transform(index, arrays)
+            # sharded parameters: the state is made on their devices, split as they are
+            sharded = bool(layout.shaped)
+            stored.state = init_sharded(transform, first) if sharded else transform.init(first)
         except Exception:
             del self.param_groups[index], self._groups[index]
             raise
