@@ -15,12 +15,14 @@ A run reads top to bottom::
 callbacks (progress, checkpoints, ``EarlyStopping``); ``fit`` trains one run, ``sweep`` K
 learning rates, weight decays or seeds in one ``vmap``-ed program, and ``run`` is ``jopt
 train`` (a ``RunConfig``, checkpoints, resume, progress) as a function. The learning rate is
-controlled by a ``Scheduled`` rule or a ``Plateau`` one (``lr_control=``).
+controlled by a ``Scheduled`` rule or a ``Plateau`` one (``lr_control=``); ``lr_find``
+suggests one (Smith's range test, or a vmapped grid of short runs).
 """
 
 from jopt.train.config import RunConfig
 from jopt.train.data import DataLoader, Dataset, batch_indices, load_iris
 from jopt.train.driver import Callback, EarlyStopping, drive
+from jopt.train.finder import LrFindResult, lr_find, plot_lr_find
 from jopt.train.loops import FitResult, SweepResult, fit, sweep
 from jopt.train.lr import LrControl, Plateau, Scheduled, find_hyperparams, set_hyperparams
 from jopt.train.model import (
@@ -53,6 +55,7 @@ __all__ = [
     "EarlyStopping",
     "FitResult",
     "LrControl",
+    "LrFindResult",
     "MLPFactory",
     "Placement",
     "Plateau",
@@ -74,9 +77,11 @@ __all__ = [
     "init_params",
     "l2_penalty",
     "load_iris",
+    "lr_find",
     "make_mesh",
     "make_train_step",
     "merge_params",
+    "plot_lr_find",
     "model_bytes",
     "quantize_dynamic",
     "run",
