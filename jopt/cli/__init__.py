@@ -1,8 +1,9 @@
-"""The ``jopt`` command: train, compare and sweep the Iris recipe.
+"""The ``jopt`` command: train, compare and sweep the Iris recipe, and find its learning rate.
 
     jopt train --optimizer adam --epochs 100 --plot run.png
     jopt compare --optimizers sgd,momentum,rmsprop,adam --plot curves.png
     jopt sweep --optimizer adam --lr-min 1e-4 --lr-max 1 --runs 256 --json
+    jopt lr-find --optimizer sgd --plot lr.png
 
 Every command takes ``--json``: the last line of stdout is then one JSON object, and the human
 output (progress bar, tables) goes to stderr. Bad input exits with status 2 and one line on
@@ -22,7 +23,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from jopt.cli import compare, sweep, train
+from jopt.cli import compare, lr_find, sweep, train
 from jopt.cli.flags import Parser, UsageError
 from jopt.train.names import suggest
 
@@ -32,6 +33,7 @@ COMMANDS: dict[str, Callable[[Any], None]] = {
     "train": train.add,
     "compare": compare.add,
     "sweep": sweep.add,
+    "lr-find": lr_find.add,
 }
 
 
