@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["step_throughput", "xla_cpu", "facade_steps", "iris", "sweep", "memory"]
+SCRIPTS = ["step_throughput", "xla_cpu", "facade_steps", "iris", "sweep", "memory",
+           "hypergradient_descent"]
 
 
 def load(name: str, results: Path) -> dict[str, Any] | None:
@@ -241,6 +242,17 @@ def summarize(results: Path) -> str:
                     ("10M Adam peak RSS <= 1.3x params+grads+state", ratio <= 1.3, f"{ratio:.2f}x")
                 )
         out.append(common.table(rows, list(rows[0])))
+
+    hd = load("hypergradient_descent", results)
+    if hd:
+        import hypergradient_descent
+
+        out.append(
+            f"\n### Hypergradient descent on Iris, {hd['epochs']} epochs, "
+            f"{len(hd['seeds'])} seeds, final epoch, mean ± std ({_load_text(hd)})\n"
+        )
+        rows = hypergradient_descent.rows_of(hd["results"])
+        out.append(common.table(rows, hypergradient_descent.COLUMNS))
 
     if targets:
         out.append("\n### Targets\n")
