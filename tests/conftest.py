@@ -142,9 +142,9 @@ def _largest(x: np.ndarray) -> float:
 
 @dataclasses.dataclass
 class OracleRun:
-    """What :func:`run_against_torch` leaves: jopt's final parameters (in jopt's layout), state
-    and last updates, how often its jitted step was traced, and torch's optimizer and
-    parameters after the same steps."""
+    """What :func:`run_against_torch` leaves: jopt's final parameters (in jopt's layout) and
+    state, its last updates (with ``with_updates``), how often its jitted step was traced,
+    and torch's optimizer and parameters after the same steps."""
 
     params: Any
     state: Any
@@ -154,16 +154,22 @@ class OracleRun:
     tparams: dict[str, Any]
 
 
-def counted_step(tx: Any, apply_updates: Callable[[Any, Any], Any] = jopt.apply_updates):
-    """A jitted ``(params, state, grads) -> (params, state, updates)`` and the list of its
-    traces (one entry per trace)."""
+def counted_step(
+    tx: Any,
+    apply_updates: Callable[[Any, Any], Any] = jopt.apply_updates,
+    with_updates: bool = False,
+):
+    """A jitted ``(params, state, grads) -> (params, state)`` (``with_updates``: and the
+    updates, which XLA then materializes too: a larger program, slower to compile) and the
+    list of its traces (one entry per trace)."""
     traces: list[int] = []
 
     @jax.jit
     def step(params, state, grads):
         traces.append(1)
         updates, state = tx.update(grads, state, params)
-        return apply_updates(params, updates), state, updates
+        params = apply_updates(params, updates)
+        return (params, state, updates) if with_updates else (params, state)
 
     return step, traces
 
@@ -190,6 +196,7 @@ def run_against_torch(
     view: Callable[[Any], Any] = _same,
     jit: bool = True,
     apply_updates: Callable[[Any, Any], Any] = jopt.apply_updates,
+    with_updates: bool = False,
 ) -> OracleRun:
     """The oracle loop: ``steps`` steps of ``tx`` and of torch's ``reference`` (an optimizer
     over the tensors of ``tparams``) side by side, on the same gradients.
@@ -206,7 +213,8 @@ def run_against_torch(
 
     jopt starts from ``params`` (default: torch's parameters as jax arrays, through ``to_jopt``,
     which also maps torch's gradients into jopt's layout, e.g. one flat buffer; ``view`` maps
-    back) and from ``state`` (default ``tx.init(params)``).
+    back) and from ``state`` (default ``tx.init(params)``). ``with_updates`` keeps the last
+    step's updates in the result (``None`` otherwise).
     """
     start = None
     if params is None:
@@ -217,19 +225,16 @@ def run_against_torch(
     traces: list[int] = []
     if step is None:
         if jit:
-            jitted, traces = counted_step(tx, apply_updates)
+            step, traces = counted_step(tx, apply_updates, with_updates)
         else:
 
-            def jitted(params, state, grads):
+            def step(params, state, grads):
                 updates, state = tx.update(grads, state, params)
-                return apply_updates(params, updates), state, updates
+                params = apply_updates(params, updates)
+                return (params, state, updates) if with_updates else (params, state)
 
         if state is None:
             state = tx.init(params)
-    else:
-
-        def jitted(params, state, grads):
-            return (*step(params, state, grads), None)
 
     grads = grads or (lambda i, tparams: torch_grads(tparams))
     updates = None
@@ -239,7 +244,8 @@ def run_against_torch(
         g = grads(i, tparams)
         if i not in skip_torch:
             reference.step()
-        params, state, updates = jitted(params, state, to_jopt(g))
+        params, state, *last = step(params, state, to_jopt(g))
+        updates = last[0] if last else None
         if rtol is not None:
             what = f"step {i + 1}"
             assert_tree_close(view(params), from_torch(tparams), rtol, what, scale=start)
