@@ -41,6 +41,7 @@ from jopt.optimizers import (
     sparse_adam,
 )
 from jopt.optimizers.hypergradient import adam_hd, sgd_hd
+from jopt.optimizers.pruning import gradual_pruning
 from jopt.plateau import ReduceOnPlateauState, plateau_step, reduce_on_plateau
 from jopt.sharding import init_sharded, state_shardings
 from jopt.transforms import (
@@ -66,7 +67,6 @@ from jopt.transforms import (
     adjust_lr_by_shape,
     clip_by_global_norm,
     ema_momentum,
-    gradual_pruning,
     keep_pruned,
     magnitude_pruning,
     masked_updates,

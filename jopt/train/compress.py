@@ -20,11 +20,12 @@ from flax import nnx
 
 from jopt import prune
 from jopt.core import GradientTransformation, chain
+from jopt.optimizers.pruning import gradual_pruning
 from jopt.train.config import RunConfig
 from jopt.train.data import Dataset
 from jopt.train.model import merge_params
 from jopt.train.quantize import model_bytes, quantize_dynamic
-from jopt.transforms.pruning import gradual_pruning, magnitude_pruning
+from jopt.transforms.pruning import magnitude_pruning
 
 __all__ = ["compression_report", "dense_epochs", "make_pruning", "with_pruning"]
 

@@ -50,7 +50,6 @@ from jopt.transforms.momentum import EmaMomentumState, TraceState, ema_momentum,
 from jopt.transforms.orthogonal import adjust_lr_by_shape, orthogonalize_by_newton_schulz
 from jopt.transforms.pruning import (
     MagnitudePruningState,
-    gradual_pruning,
     keep_pruned,
     magnitude_pruning,
     masked_updates,
@@ -88,7 +87,6 @@ __all__ = [
     "adjust_lr_by_shape",
     "clip_by_global_norm",
     "ema_momentum",
-    "gradual_pruning",
     "keep_pruned",
     "magnitude_pruning",
     "masked_updates",

@@ -20,7 +20,8 @@ never touches a kept weight.)
 
 :func:`magnitude_pruning` recomputes the mask inside the compiled step every ``frequency``
 steps from the weights' magnitudes, at a sparsity that may follow a schedule;
-:func:`gradual_pruning` is Zhu & Gupta's recipe with :func:`jopt.schedules.polynomial_sparsity`.
+:func:`jopt.gradual_pruning` (:mod:`jopt.optimizers.pruning`) is Zhu & Gupta's recipe with
+:func:`jopt.schedules.polynomial_sparsity`.
 """
 
 from __future__ import annotations
@@ -33,12 +34,10 @@ import jax.numpy as jnp
 
 from jopt.core import EmptyState, GradientTransformation, Schedule, check_tree_match
 from jopt.prune import count_to_prune, prune_smallest
-from jopt.schedules.sparsity import polynomial_sparsity
 from jopt.transforms.common import _increment, _need_params
 
 __all__ = [
     "MagnitudePruningState",
-    "gradual_pruning",
     "keep_pruned",
     "magnitude_pruning",
     "masked_updates",
@@ -187,23 +186,3 @@ def magnitude_pruning(
                 MagnitudePruningState(_increment(step), treedef.unflatten(masks)))
 
     return GradientTransformation(init, update)
-
-
-def gradual_pruning(
-    final_sparsity: float,
-    num_updates: int,
-    frequency: int = 1,
-    begin_step: int = 0,
-    initial_sparsity: float = 0.0,
-    power: float = 3,
-    scope: str = "global",
-    where: Mask | None = None,
-) -> GradientTransformation:
-    """Zhu & Gupta's automated gradual pruning: :func:`magnitude_pruning` at
-    ``s_t = s_f + (s_i - s_f) (1 - (t - t0) / (n Δt))^3`` (:func:`jopt.schedules.
-    polynomial_sparsity`), the mask recomputed at ``t0, t0 + Δt, ..., t0 + n Δt`` and held
-    after. ``n = num_updates``, ``Δt = frequency``, ``t0 = begin_step``."""
-    schedule = polynomial_sparsity(final_sparsity, num_updates, frequency, begin_step,
-                                   initial_sparsity, power)
-    return magnitude_pruning(schedule, frequency, begin_step,
-                             begin_step + num_updates * frequency, scope, where)
