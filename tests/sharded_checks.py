@@ -18,6 +18,14 @@ pytestmark = pytest.mark.skipif(
 )
 
 NAMES = sorted(n for n in jopt.optimizers.__all__ if callable(getattr(jopt, n, None)))
+DEFAULT_RUN = ("adam", "sgd", "adafactor", "muon", "lbfgs")
+"""The optimizers the default run checks; every one runs in CI's slow pass."""
+
+
+def _table(names):
+    return [pytest.param(n, marks=() if n in DEFAULT_RUN else pytest.mark.slow) for n in names]
+
+
 ELEMENTWISE = [n for n in NAMES if n not in ("lbfgs", "muon", "adafactor")]
 KWARGS = {"sgd": {"momentum": 0.9, "weight_decay": 0.01}, "rmsprop": {"momentum": 0.5}}
 
@@ -57,7 +65,7 @@ def mesh() -> Mesh:
     return Mesh(np.array(jax.devices()), ("fsdp",))
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", _table(NAMES))
 def test_state_is_created_sharded_like_its_parameters(name, mesh):
     params = _placed(_params(), mesh)
     if name == "muon":
@@ -93,7 +101,7 @@ def _step(opt):
     return step
 
 
-@pytest.mark.parametrize("name", ELEMENTWISE)
+@pytest.mark.parametrize("name", _table(ELEMENTWISE))
 def test_fully_sharded_step_equals_one_device(name, mesh):
     x = jnp.asarray(np.random.default_rng(1).normal(size=(4, 16)), jnp.float32)
     opt = _optimizer(name)
@@ -123,7 +131,7 @@ def test_fully_sharded_step_equals_one_device(name, mesh):
 COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
 
 
-@pytest.mark.parametrize("name", ELEMENTWISE)
+@pytest.mark.parametrize("name", _table(ELEMENTWISE))
 def test_sharded_update_communicates_nothing(name, mesh):
     """The compiled update over sharded gradients, state and parameters holds no collective:
     each device updates its own shard (no all-gather of optimizer state)."""
@@ -147,12 +155,7 @@ def test_sharded_update_communicates_nothing(name, mesh):
 # jopt.train over 8 devices
 # ------------------------------------------------------------------------------------------
 
-# every optimizer in CI's slow pass; two in the default run
-TRAIN = [
-    pytest.param(n, marks=() if n in ("adam", "sgd") else pytest.mark.slow)
-    for n in NAMES
-    if n not in ("lbfgs", "muon")
-]
+TRAIN = _table([n for n in NAMES if n not in ("lbfgs", "muon")])
 
 
 def _fit(name, placement, epochs=13):
