@@ -70,6 +70,30 @@ def is_better(a: Any, best: Any, mode: str, threshold: Any, threshold_mode: str)
     return a > best + threshold
 
 
+def plateau_counts(
+    state: ReduceOnPlateauState,
+    metric: Any,
+    *,
+    mode: str = "min",
+    patience: Any = 10,
+    threshold: Any = 1e-4,
+    threshold_mode: str = "rel",
+    xp: Any = np,
+) -> tuple[Any, Any, Any, Any]:
+    """The counting half of :func:`plateau_step`: ``(best, num_bad_epochs, cooldown_counter,
+    reduce)`` after ``metric``, before a reduction resets them; ``reduce`` says whether the
+    rate drops at this step (torch's ``num_bad_epochs > patience``)."""
+    _, best, bad, cool, _ = (xp.asarray(x) for x in state)
+    metric = xp.asarray(metric)
+    better = is_better(metric, best, mode, threshold, threshold_mode)
+    best = xp.where(better, metric, best)
+    bad = xp.where(better, 0, bad + 1)
+    in_cooldown = cool > 0
+    cool = xp.where(in_cooldown, cool - 1, cool)
+    bad = xp.where(in_cooldown, 0, bad)
+    return best, bad, cool, bad > patience
+
+
 def plateau_step(
     state: ReduceOnPlateauState,
     metric: Any,
@@ -92,17 +116,11 @@ def plateau_step(
     """
     check_plateau_args(mode, factor, threshold_mode)
     xp = np if all(is_host(x) for x in (*state, metric, factor, min_lr)) else jnp
-    lr, best, bad, cool, epoch = (xp.asarray(x) for x in state)
-    metric = xp.asarray(metric)
-
-    better = is_better(metric, best, mode, threshold, threshold_mode)
-    best = xp.where(better, metric, best)
-    bad = xp.where(better, 0, bad + 1)
-    in_cooldown = cool > 0
-    cool = xp.where(in_cooldown, cool - 1, cool)
-    bad = xp.where(in_cooldown, 0, bad)
-
-    reduce = bad > patience
+    lr, _, _, _, epoch = (xp.asarray(x) for x in state)
+    best, bad, cool, reduce = plateau_counts(
+        state, metric, mode=mode, patience=patience, threshold=threshold,
+        threshold_mode=threshold_mode, xp=xp,
+    )
     new_lr = xp.maximum(lr * factor, min_lr)
     lr = xp.where(reduce & (lr - new_lr > eps), new_lr, lr)
     cool = xp.where(reduce, cooldown, cool)

@@ -666,3 +666,23 @@ def test_resume_with_last_epoch_like_torch(build: Callable) -> None:
         theirs = trajectory(build(TL, topt, 5), topt, 12)
         ours = trajectory(build(JL, jopt_, 5), jopt_, 12)
     np.testing.assert_allclose(ours[:, 0], theirs[:, 0], rtol=RTOL, atol=1e-15)
+
+
+def test_plateau_checks_min_lrs_against_the_groups_only_when_it_reduces():
+    """torch's test_add_param_group_errors_reduce_lr_on_plateau: a group added after the
+    scheduler is fine until a reduction is due; then both raise the same error."""
+    outcomes = {}
+    for lib, optim, zeros in (("jopt", jopt.optim, jnp.zeros), ("torch", torch.optim, torch.zeros)):
+        opt = optim.SGD([zeros(2)], lr=0.1)
+        sched = optim.lr_scheduler.ReduceLROnPlateau(opt, min_lr=[0.1], patience=1)
+        opt.add_param_group({"params": [zeros(3)]})
+        steps = []
+        for _ in range(3):
+            try:
+                sched.step(1.0)
+                steps.append("ok")
+            except RuntimeError as e:
+                steps.append(str(e))
+        outcomes[lib] = steps
+    assert outcomes["jopt"] == outcomes["torch"]
+    assert outcomes["torch"][:2] == ["ok", "ok"] and "min_lrs" in outcomes["torch"][2]

@@ -13,7 +13,13 @@ from jopt.optim.lr_scheduler.base import (
     _check_optimizer,
     _lrs,
 )
-from jopt.plateau import ReduceOnPlateauState, check_plateau_args, mode_worse, plateau_step
+from jopt.plateau import (
+    ReduceOnPlateauState,
+    check_plateau_args,
+    mode_worse,
+    plateau_counts,
+    plateau_step,
+)
 
 
 class ReduceLROnPlateau(LRScheduler):
@@ -84,7 +90,10 @@ class ReduceLROnPlateau(LRScheduler):
             warnings.warn(EPOCH_DEPRECATION_WARNING, UserWarning, stacklevel=2)
         self.last_epoch = epoch
         groups = self.optimizer.param_groups
-        if len(groups) != len(self.min_lrs):
+        old = np.array([float(group["lr"]) for group in groups])
+        before = ReduceOnPlateauState(old, self.best, self.num_bad_epochs, self.cooldown_counter, 0)
+        if len(groups) != len(self.min_lrs) and self._reduces(before, current):
+            # torch checks the groups against min_lrs when it reduces, not before
             if self.default_min_lr is None:
                 raise RuntimeError(
                     "The number of param groups in the `optimizer` "
@@ -94,9 +103,9 @@ class ReduceLROnPlateau(LRScheduler):
                     "the `optimizer` param groups."
                 )
             self.min_lrs = [self.default_min_lr] * len(groups)
-        old = np.array([float(group["lr"]) for group in groups])
+        min_lrs = self.min_lrs if len(self.min_lrs) == len(groups) else [0.0] * len(groups)
         state = plateau_step(
-            ReduceOnPlateauState(old, self.best, self.num_bad_epochs, self.cooldown_counter, 0),
+            before,
             current,
             mode=self.mode,
             factor=self.factor,
@@ -104,7 +113,7 @@ class ReduceLROnPlateau(LRScheduler):
             threshold=self.threshold,
             threshold_mode=self.threshold_mode,
             cooldown=self.cooldown,
-            min_lr=np.array(self.min_lrs, dtype=np.float64),
+            min_lr=np.array(min_lrs, dtype=np.float64),
             eps=self.eps,
         )
         for group, before, after in zip(groups, old, state.lr, strict=True):
@@ -114,6 +123,13 @@ class ReduceLROnPlateau(LRScheduler):
         self.num_bad_epochs = int(state.num_bad_epochs)
         self.cooldown_counter = int(state.cooldown_counter)
         self._last_lr = _lrs(self.optimizer)
+
+    def _reduces(self, state: ReduceOnPlateauState, metric: float) -> bool:
+        """Whether ``step(metric)`` from ``state`` drops the rate."""
+        return bool(plateau_counts(
+            state, metric, mode=self.mode, patience=self.patience, threshold=self.threshold,
+            threshold_mode=self.threshold_mode,
+        )[3])
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the attributes (torch's)."""
