@@ -373,18 +373,11 @@ def _probes():
 
 
 PROBES = _probes()
-# torch checks ``lr < 0.0`` (and so for momentum and weight decay) in SGD, which NaN passes;
-# jopt checks ``not value >= 0.0`` and refuses NaN.
-NAN_REFUSED_BY_JOPT_ONLY = {
-    (name, arg) for name in ("sgd", "momentum") for arg in ("lr", "momentum", "weight_decay")
-}
 
 
 def _probe_param(probe):
-    name, arg, value, error = probe
-    known = error is None and (name, arg) in NAN_REFUSED_BY_JOPT_ONLY and value != value
-    marks = [pytest.mark.xfail(strict=True, reason="jopt refuses NaN, torch does not")] * known
-    return pytest.param(name, arg, value, error, marks=marks, id=f"{name}-{arg}={value}")
+    name, arg, value, _ = probe
+    return pytest.param(*probe, id=f"{name}-{arg}={value}")
 
 
 @pytest.mark.parametrize(("name", "arg", "value", "error"), [_probe_param(p) for p in PROBES])

@@ -63,7 +63,13 @@ def _one_element(value: Any, what: str) -> Any:
 
 
 def _nonneg(value: Any, what: str) -> None:
+    """torch's ``if not 0.0 <= value``: a NaN is refused."""
     _check(value, lambda v: v >= 0.0, f"Invalid {what}: {value}")
+
+
+def _not_negative(value: Any, what: str) -> None:
+    """torch's ``if value < 0.0`` (SGD's checks): a NaN passes, as in torch."""
+    _check(value, lambda v: not v < 0.0, f"Invalid {what}: {value}")
 
 
 def _as_real(tree: Any) -> Any:

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from jopt import transforms as T
 from jopt.core import GradientTransformationExtraArgs, declare, is_concrete, is_zero
-from jopt.optimizers.common import LearningRate, Scalar, _nonneg, _one_element, _optimizer
+from jopt.optimizers.common import (
+    LearningRate,
+    Scalar,
+    _nonneg,
+    _not_negative,
+    _one_element,
+    _optimizer,
+)
 
 __all__ = ["asgd", "momentum", "sgd"]
 
@@ -25,9 +32,9 @@ def sgd(
     ``p <- p - lr * g``. ``maximize`` ascends.
     """
     lr = _one_element(lr, "lr")
-    _nonneg(lr, "learning rate")
-    _nonneg(momentum, "momentum value")
-    _nonneg(weight_decay, "weight_decay value")
+    _not_negative(lr, "learning rate")
+    _not_negative(momentum, "momentum value")
+    _not_negative(weight_decay, "weight_decay value")
     if nesterov and (
         (is_concrete(momentum) and float(momentum) <= 0)
         or (is_concrete(dampening) and float(dampening) != 0)
