@@ -43,7 +43,7 @@ class TensorLR(float):
     """A learning rate torch receives as a 0-d tensor and jopt as a jax array."""
 
 
-# jopt factory -> torch class, and torch's configurations (``optim_inputs_func_<name>``).
+# jopt factory -> torch class.
 TORCH_CLASS = {
     "adadelta": "Adadelta",
     "adamax": "Adamax",
@@ -55,78 +55,26 @@ TORCH_CLASS = {
     "muon": "Muon",
     "sparse_adam": "SparseAdam",
 }
-TORCH_INPUTS = {
-    "adadelta": [
-        {},
-        {"lr": 0.01},
-        {"weight_decay": 0.1},
-        {"maximize": True},
-        {"weight_decay": 0.1, "maximize": True},
-        {"rho": 0.95, "weight_decay": 0.9},
-    ],
-    "adamax": [
-        {},
-        {"lr": 0.1},
-        {"weight_decay": 0.1},
-        {"maximize": True},
-        {"weight_decay": 0.1, "maximize": True},
-    ],
-    "nadam": [
-        {},
-        {"lr": 1e-3},
-        {"momentum_decay": 6e-3},
-        {"weight_decay": 0.1},
-        {"weight_decay": 0.1, "momentum_decay": 6e-3},
-        {"weight_decay": 0.1, "momentum_decay": 6e-3, "decoupled_weight_decay": True},
-        {"weight_decay": 0.1, "maximize": True},
-    ],
-    "radam": [
-        {},
-        {"lr": 2e-3},
-        {"eps": 1e-6},
-        {"weight_decay": 0.1},
-        {"weight_decay": 0.1, "decoupled_weight_decay": True},
-        {"weight_decay": 0.1, "maximize": True},
-    ],
-    "rprop": [
-        {},
-        {"lr": 2e-4},
-        {"etas": (0.5, 1.5)},
-        {"step_sizes": (2e-6, 100)},
-        {"maximize": True},
-    ],
-    "asgd": [
-        {},
-        {"lambd": 0.1},
-        {"lr": 0.02},
-        {"t0": 100},
-        {"maximize": True},
-        {"weight_decay": 0.1},
-        {"weight_decay": 0.1, "maximize": True},
-    ],
-    "adafactor": [
-        {},
-        {"weight_decay": 0.1, "lr": 0.01},
-        {"weight_decay": 0.1, "maximize": True},
-        {"beta2_decay": -1.0},
-        {"d": 1.5},
-    ],
-    "muon": [
-        {},
-        {"lr": 0.01},
-        {"lr": TensorLR(0.001)},
-        {"weight_decay": 0.2},
-        {"momentum": 0.8},
-        {"ns_steps": 6},
-        {"ns_coefficients": (3.4, -4.7, 2.0)},
-    ],
-    "sparse_adam": [
-        {},
-        {"lr": 0.01},
-        {"lr": TensorLR(0.001)},
-        {"maximize": True},
-    ],
-}
+
+
+def _torch_inputs() -> dict[str, list[dict]]:
+    """torch's own configurations: ``optim_inputs_func`` of each class's ``OptimizerInfo`` in
+    ``torch.testing._internal.common_optimizers.optim_db`` on CPU (a tensor ``lr`` becomes a
+    :class:`TensorLR`)."""
+    from torch.testing._internal.common_optimizers import optim_db
+
+    infos = {info.optim_cls.__name__: info for info in optim_db}
+    out = {}
+    for name, cls in TORCH_CLASS.items():
+        inputs = infos[cls].optim_inputs_func(device="cpu", dtype=torch.float32)
+        out[name] = [
+            {k: TensorLR(float(v)) if torch.is_tensor(v) else v for k, v in i.kwargs.items()}
+            for i in inputs
+        ]
+    return out
+
+
+TORCH_INPUTS = _torch_inputs()
 # Options torch's tables leave out.
 MORE_INPUTS = {
     "adamax": [{"lr": 0.01, "betas": (0.8, 0.99), "eps": 1e-6}],
@@ -349,7 +297,9 @@ def test_defaults_are_torchs(name: str) -> None:
         assert p.default == theirs[arg].default, arg
 
 
-# torch's ``optim_error_inputs_func_<name>`` (CPU), then the other checks of each constructor.
+# Each factory's checks: the inputs of torch's ``optim_error_inputs_func_<name>`` (which
+# test_torch_error_table.py takes from torch and runs against the facade classes), then the
+# other checks of each constructor; the messages are torch's, asked at test time.
 ERROR_INPUTS = {
     "adadelta": [
         {"lr": 1e-2, "rho": 1.1},
