@@ -112,7 +112,7 @@ def is_zero(x: Any) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool) and x == 0
 
 
-def named_chain(*transforms: GradientTransformation | None) -> GradientTransformationExtraArgs:
+def chain_present(*transforms: GradientTransformation | None) -> GradientTransformationExtraArgs:
     """``chain`` that skips ``None``: optimizers list optional terms inline."""
     return chain(*(t for t in transforms if t is not None))
 

@@ -18,9 +18,9 @@ from jopt.core import (
     GradientTransformation,
     GradientTransformationExtraArgs,
     Schedule,
+    chain_present,
     check_tree_match,
     is_concrete,
-    named_chain,
 )
 
 __all__ = ["LearningRate", "Scalar"]
@@ -100,7 +100,7 @@ def _optimizer(
     step; ``check_params`` is torch's check of the parameters at construction, run by
     ``init``.
     """
-    inner = named_chain(*transforms)
+    inner = chain_present(*transforms)
 
     def refuse(tree: Any) -> None:
         if refuse_complex and any(jnp.iscomplexobj(x) for x in jax.tree.leaves(tree)):
