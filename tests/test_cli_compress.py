@@ -99,3 +99,21 @@ def test_report_matches_torch_quantized_model():
     accuracy = float(np.mean(predictions == np.asarray(data.y_test)))
     assert report["quantized_test_accuracy"] == accuracy
     assert report["model_bytes"] == sum(p.numel() * 4 for p in net.parameters())
+
+
+def test_compare_across_sparsities(capsys):
+    """``jopt compare --sparsities 0,0.5``: each optimizer dense and pruned, each row's
+    measured sparsity in the JSON, and the pruned run equal to ``jopt train --prune l1``."""
+    code = main(["compare", "--json", "--no-cache", "--optimizers", "sgd", "--epochs", "8",
+                 "--sparsities", "0,0.5"])
+    out, _ = capsys.readouterr()
+    assert code == 0
+    rows = last_json(out)["results"]
+    weights = 4 * 16 + 16 * 3
+    assert [(r["optimizer"], r["prune"]) for r in rows] == [("sgd", "none"), ("sgd", "l1")]
+    assert rows[0]["sparsity"] < 0.05
+    assert rows[1]["sparsity"] == round(0.5 * weights) / weights
+    alone = run(RunConfig(optimizer="sgd", epochs=8, prune="l1", sparsity=0.5))
+    assert rows[1]["final_test_loss"] == pytest.approx(alone.final("test_loss"), rel=1e-6)
+    assert main(["compare", "--sparsities", "1.5"]) == 2
+    assert "fractions in [0, 1)" in capsys.readouterr().err
