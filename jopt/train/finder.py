@@ -38,6 +38,7 @@ from jopt.core import GradientTransformation, apply_updates, inject_hyperparams
 from jopt.train.data import Dataset, batch_indices, epoch_key, num_batches, shuffle_key
 from jopt.train.model import MLPFactory, apply, cross_entropy, l2_penalty
 from jopt.train.steps import init_model
+from jopt.unrolled import unroll
 
 __all__ = ["LrFindResult", "lr_find", "plot_lr_find", "smooth", "suggest"]
 
@@ -228,14 +229,7 @@ def _grid(
     def run(params: Any, rows: jax.Array, lrs: jax.Array) -> jax.Array:
         def one(lr: jax.Array) -> jax.Array:
             opt = factory(lr=lr, **kwargs)
-
-            def step(carry: tuple[Any, Any], batch: jax.Array) -> Any:
-                p, state = carry
-                value, grads = jax.value_and_grad(loss)(p, batch)
-                updates, state = opt.update(grads, state, p)
-                return (apply_updates(p, updates), state), value
-
-            _, losses = jax.lax.scan(step, (params, opt.init(params)), rows)
+            losses = unroll(opt, loss, params, len(rows), batches=rows, remat=None).losses
             return jnp.mean(losses[-last:])
 
         return jax.vmap(one)(lrs)
