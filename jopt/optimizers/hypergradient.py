@@ -5,8 +5,9 @@ learning rate is state, updated each step by the hypergradient
 from __future__ import annotations
 
 from jopt import transforms as T
-from jopt.core import GradientTransformationExtraArgs, declare, identity, is_concrete, is_zero
+from jopt.core import GradientTransformationExtraArgs, declare, identity, is_zero
 from jopt.optimizers.common import Scalar, _check_adam, _nonneg, _optimizer
+from jopt.optimizers.sgd import check_nesterov
 
 __all__ = ["adam_hd", "sgd_hd"]
 
@@ -42,11 +43,7 @@ def sgd_hd(
     _nonneg(momentum, "momentum value")
     _nonneg(weight_decay, "weight_decay value")
     _nonneg(hypergrad_lr, "hypergrad_lr value")
-    if nesterov and (
-        (is_concrete(momentum) and float(momentum) <= 0)
-        or (is_concrete(dampening) and float(dampening) != 0)
-    ):
-        raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+    check_nesterov(nesterov, momentum, dampening)
     direction = identity() if is_zero(momentum) else T.trace(momentum, dampening, nesterov)
     return _optimizer(
         T.scale(-1.0) if maximize else None,

@@ -16,6 +16,15 @@ from jopt.optimizers.common import (
 __all__ = ["asgd", "momentum", "sgd"]
 
 
+def check_nesterov(nesterov: bool, momentum: Scalar, dampening: Scalar) -> None:
+    """torch's SGD check: Nesterov momentum needs a positive momentum and no dampening."""
+    if nesterov and (
+        (is_concrete(momentum) and float(momentum) <= 0)
+        or (is_concrete(dampening) and float(dampening) != 0)
+    ):
+        raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+
+
 @declare(static_when_zero=("momentum", "weight_decay"))
 def sgd(
     lr: LearningRate = 1e-3,
@@ -35,11 +44,7 @@ def sgd(
     _not_negative(lr, "learning rate")
     _not_negative(momentum, "momentum value")
     _not_negative(weight_decay, "weight_decay value")
-    if nesterov and (
-        (is_concrete(momentum) and float(momentum) <= 0)
-        or (is_concrete(dampening) and float(dampening) != 0)
-    ):
-        raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+    check_nesterov(nesterov, momentum, dampening)
     return _optimizer(
         T.scale(-1.0) if maximize else None,
         None if is_zero(weight_decay) else T.add_decayed_weights(weight_decay),
