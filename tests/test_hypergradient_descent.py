@@ -248,3 +248,35 @@ def test_hypergradient_descent_is_itself_differentiable() -> None:
         h = 1e-4 * hyper[key]
         up, down = f({**hyper, key: hyper[key] + h})[0], f({**hyper, key: hyper[key] - h})[0]
         assert float(grads[key]) == pytest.approx(float(up - down) / (2 * h), rel=1e-6)
+
+
+@pytest.mark.parametrize("factory", [jopt.sgd_hd, jopt.adam_hd], ids=["sgd-hd", "adam-hd"])
+def test_sweep_runs_start_from_their_own_rates(factory: Any) -> None:
+    """``jopt.train.sweep`` writes each run's ``lr`` into the injected state after ``init``:
+    the rule starts from that rate, so run ``k`` equals ``fit`` with the optimizer built at
+    ``lrs[k]``, and the runs differ."""
+    from jopt.train import fit, init_model, load_iris, sweep
+
+    with jax.enable_x64(False):
+        data, lrs, epochs = load_iris(), [0.003, 0.03], 2
+        swept = sweep(factory, data, lrs, epochs=epochs, l2=1e-3, hypergrad_lr=1e-4)
+        model = init_model(swept_model(data), 0)
+        for k, lr in enumerate(lrs):
+            opt = jopt.inject_hyperparams(factory)(lr=lr, hypergrad_lr=1e-4)
+            alone = fit(model, opt, data, epochs=epochs, l2=1e-3)
+            got = jax.tree.map(lambda x, k=k: np.asarray(x)[k], swept.state)
+            np.testing.assert_allclose(float(hd_state(got.opt_state).lr),
+                                       float(hd_state(alone.state.opt_state).lr), rtol=1e-5)
+            for a, b in zip(jax.tree.leaves(alone.params), jax.tree.leaves(got.params)):
+                np.testing.assert_allclose(np.asarray(a), b, rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(alone.history["test_loss"], swept.history["test_loss"][k],
+                                       rtol=1e-4)
+        rates = np.asarray(hd_state(swept.state.opt_state).lr)
+        assert rates[1] > 2 * rates[0]  # each run kept its own rate
+
+
+def swept_model(data: Any) -> Any:
+    """The model ``sweep`` trains by default: the 4-16-3 MLP."""
+    from jopt.train.model import MLPFactory
+
+    return MLPFactory(data.num_features, (16,), data.num_classes)

@@ -34,9 +34,11 @@ def sgd_hd(
 
     ``g <- g + weight_decay * p``; ``d`` is torch's SGD direction (``g``, the momentum buffer,
     or ``g + momentum * buf``); ``alpha <- alpha + hypergrad_lr * g . d_prev`` (all leaves);
-    ``p <- p - alpha * d``. ``lr`` is the initial rate; the rate now is the state's ``lr``. The
-    authors' torch code: ``SGDHD(params, lr, momentum, dampening, weight_decay, nesterov,
-    hypergrad_lr)`` (default ``hypergrad_lr=1e-6``; the paper's experiments use 1e-3).
+    ``p <- p - alpha * d``. ``lr`` is the initial rate, read at the first step (so an injected
+    ``lr`` set before it, as a sweep sets each run's, is the one the rule starts from); the
+    rate now is the state's ``lr``. The authors' torch code: ``SGDHD(params, lr, momentum,
+    dampening, weight_decay, nesterov, hypergrad_lr)`` (default ``hypergrad_lr=1e-6``; the
+    paper's experiments use 1e-3).
     """
     _no_schedule(lr, "sgd_hd")
     _nonneg(lr, "learning rate")
@@ -66,7 +68,8 @@ def adam_hd(
 
     ``g <- g + weight_decay * p``; ``d = m_hat / (sqrt(v_hat) + eps)`` (torch's Adam
     direction); ``alpha <- alpha + hypergrad_lr * g . d_prev`` (all leaves);
-    ``p <- p - alpha * d``. The authors' torch code: ``AdamHD(params, lr, betas, eps,
+    ``p <- p - alpha * d``. ``lr`` is the initial rate, read at the first step; the rate now
+    is the state's ``lr``. The authors' torch code: ``AdamHD(params, lr, betas, eps,
     weight_decay, hypergrad_lr)`` (default ``hypergrad_lr=1e-8``; the paper's experiments use
     1e-7), whose dot product puts ``eps`` before the bias correction of ``v``; jopt keeps the
     paper's ``m_hat / (sqrt(v_hat) + eps)``, which is torch's Adam step.
