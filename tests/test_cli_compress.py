@@ -1,5 +1,6 @@
 """``jopt train --prune ... --quantize int8``: the run's sparsity, bytes and accuracies, in the
-table and the JSON; the flags' checks; the report against torch's quantized model."""
+table and the JSON; the flags' checks; the report against torch's quantized model. The sweep's
+compression flags are in ``test_sweep_compress.py``."""
 
 from __future__ import annotations
 
@@ -58,11 +59,6 @@ def test_bad_compression_flags_exit_2_with_one_line(capsys, argv, message):
     assert main(["train", "--no-cache", *argv]) == 2
     out, err = capsys.readouterr()
     assert out == "" and err.count("\n") == 1 and message in err
-
-
-def test_sweep_has_no_compression_flags(capsys):
-    assert main(["sweep", "--no-cache", "--prune", "l1"]) == 2
-    assert "unrecognized arguments: --prune" in capsys.readouterr()[1]
 
 
 def test_a_pruned_run_resumes_only_with_its_epochs():

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from jopt.train.config import RunConfig, Setting, choice, number
@@ -50,21 +50,30 @@ def typed(parse: Callable[[str], Any], name: str) -> Callable[[str], Any]:
 
 
 def add_config(
-    parser: argparse.ArgumentParser, config: type = RunConfig, skip: Iterable[str] = ()
+    parser: argparse.ArgumentParser,
+    config: type = RunConfig,
+    skip: Iterable[str] = (),
+    helps: Mapping[str, str] | None = None,
 ) -> None:
-    """A flag for every field of the dataclass ``config`` but those in ``skip``."""
+    """A flag for every field of the dataclass ``config`` but those in ``skip``; ``helps``
+    replaces the help of some (a command's own words for what a field does there)."""
     skipped = set(skip)
+    helps = dict(helps or {})
+    unknown = sorted(set(helps) - {f.name for f in dataclasses.fields(config)})
+    if unknown:
+        raise ValueError(f"helps names fields that {config.__name__} does not have: {unknown}")
     for field in dataclasses.fields(config):
         setting: Setting | None = field.metadata.get("setting")
         if setting is None or field.name in skipped:
             continue
+        text = helps.get(field.name, setting.help)
         if setting.parse is None:  # a switch
             parser.add_argument(flag(field.name), action="store_true", default=field.default,
-                                dest=field.name, help=setting.help)
+                                dest=field.name, help=text)
         else:
             parser.add_argument(flag(field.name), type=typed(setting.parse, flag(field.name)),
                                 default=field.default, dest=field.name,
-                                metavar=setting.metavar, help=setting.help)
+                                metavar=setting.metavar, help=text)
 
 
 def config_of(args: argparse.Namespace, config: type = RunConfig, **overrides: Any) -> Any:

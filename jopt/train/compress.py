@@ -9,12 +9,16 @@ the configuration's ``prune_schedule``:
   for ``l1-layer``) and fine-tune the rest with the pruned weights held at zero;
 - ``gradual``: Zhu & Gupta's cubic ramp from 0 to ``sparsity``, the mask recomputed once per
   epoch from epoch ``epochs // 4`` to ``3 * epochs // 4``, then held.
+
+A sweep (:func:`jopt.train.sweep` with ``pruning=make_pruning(...)``) prunes each of its runs
+on its own; :func:`sparsities` measures all of them at once.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import jax
 import numpy as np
 from flax import nnx
 
@@ -27,7 +31,7 @@ from jopt.train.model import merge_params
 from jopt.train.quantize import model_bytes, quantize_dynamic
 from jopt.transforms.pruning import magnitude_pruning
 
-__all__ = ["compression_report", "dense_epochs", "make_pruning", "with_pruning"]
+__all__ = ["compression_report", "dense_epochs", "make_pruning", "sparsities", "with_pruning"]
 
 
 def dense_epochs(config: RunConfig) -> int | None:
@@ -57,6 +61,31 @@ def with_pruning(optimizer: GradientTransformation, config: RunConfig,
     """``optimizer``, followed by ``config``'s pruning if it has one."""
     pruning = make_pruning(config, steps_per_epoch)
     return optimizer if pruning is None else chain(optimizer, pruning)
+
+
+def sparsities(params: Any, where: prune.Where = prune.matrices) -> np.ndarray:
+    """The sparsity of each run of a batch (every leaf of ``params`` with a leading axis K):
+    ``jopt.prune.sparsity(params_k, where=where)`` of each run ``k``, as a float64 array (K,).
+
+    The leaves are chosen on one run's tree (so ``prune.matrices`` picks its weight matrices,
+    not the biases that the run axis makes 2-D) and their zeros counted for all runs at once.
+    """
+    leaves = [np.asarray(x) for x in jax.tree.leaves(params)]
+    if not leaves:
+        return np.zeros(0)
+    runs = leaves[0].shape[0]
+    one = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x)[1:], x.dtype), params)
+    if where is None:
+        chosen = [True] * len(leaves)
+    else:
+        picked = where(one) if callable(where) else where
+        chosen = [bool(c) for c in jax.tree.structure(one).flatten_up_to(picked)]
+    counted = [x.reshape(runs, -1) for x, c in zip(leaves, chosen) if c]
+    total = sum(x.shape[1] for x in counted)
+    if not total:
+        return np.zeros(runs)
+    zeros = sum(np.count_nonzero(x == 0, axis=1) for x in counted)
+    return np.asarray(zeros, np.int64) / total
 
 
 def _accuracy(model: nnx.Module, data: Dataset) -> float:

@@ -6,10 +6,11 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import jax
 import numpy as np
 from flax import nnx
 
-from jopt.core import GradientTransformation, inject_hyperparams
+from jopt.core import GradientTransformation, chain, inject_hyperparams
 from jopt.train.data import Dataset
 from jopt.train.driver import Callback, drive
 from jopt.train.lr import LrControl
@@ -94,7 +95,8 @@ def fit(
 
 @dataclasses.dataclass
 class SweepResult:
-    """K runs trained together: their configurations, histories ``(K, epochs)`` and states."""
+    """K runs trained together: their configurations, histories ``(K, epochs)`` and states
+    (every leaf with a leading axis K), and the model's structure."""
 
     lrs: np.ndarray
     weight_decays: np.ndarray | None
@@ -103,10 +105,17 @@ class SweepResult:
     state: TrainState
     compile_seconds: float
     train_seconds: float
+    graphdef: nnx.GraphDef | None = None
 
     @property
     def runs(self) -> int:
         return len(self.lrs)
+
+    def params_of(self, k: int) -> Any:
+        """Run ``k``'s trained parameters (one run's tree, without the leading axis)."""
+        if not -self.runs <= k < self.runs:
+            raise IndexError(f"run {k} is out of range for {self.runs} runs")
+        return jax.tree.map(lambda x: x[k], self.state.params)
 
     def best(self, metric: str = "test_accuracy") -> int:
         """Index of the run with the best final ``metric`` (ties: the lowest final test loss)."""
@@ -134,6 +143,7 @@ def sweep(
     callbacks: Sequence[Callback | Callable[..., Any]] = (),
     trainer: Trainer | None = None,
     placement: Placement | None = None,
+    pruning: GradientTransformation | None = None,
     **optimizer_kwargs: Any,
 ) -> SweepResult:
     """Train K = ``len(lrs)`` configurations at once: one compile, ``vmap`` over the runs.
@@ -145,7 +155,17 @@ def sweep(
     equals ``fit(model_fn(nnx.Rngs(jax.random.key(seeds[k]))), inject_hyperparams(optimizer)(
     lr=lrs[k], ...), data, seed=seeds[k])``. Callbacks see each epoch's metrics of all K runs.
     ``placement`` splits the K runs over its devices (K a multiple of their number).
+
+    ``pruning`` (a transformation such as :func:`jopt.magnitude_pruning`, or
+    :func:`jopt.train.compress.make_pruning` of a configuration) is chained after the
+    optimizer: each run trains ``chain(inject_hyperparams(optimizer)(lr=lrs[k], ...),
+    pruning)``, and equals ``fit`` with that optimizer. The masks are optimizer state, so each
+    run ranks and prunes its own weights. ``pruning`` and ``optimizer_kwargs`` build the
+    trainer's optimizer: give them without ``trainer``.
     """
+    if trainer is not None and pruning is not None:
+        raise ValueError("pruning is part of the trainer's optimizer: give a trainer or pruning, "
+                         "not both")
     lrs = np.asarray(lrs, np.float32).reshape(-1)
     k = len(lrs)
     seeds_arr = np.broadcast_to(np.asarray(seeds, np.uint32), (k,)).copy()
@@ -157,6 +177,8 @@ def sweep(
     if trainer is None:
         first = {name: float(v[0]) for name, v in hyper.items()}
         opt = inject_hyperparams(optimizer)(**first, **optimizer_kwargs)
+        if pruning is not None:
+            opt = chain(opt, pruning)
         graphdef = nnx.graphdef(nnx.eval_shape(lambda: model_fn(nnx.Rngs(0))))
         trainer = Trainer(graphdef, opt, num_train=len(data.x_train), batch_size=batch_size,
                           shuffle=shuffle, drop_last=drop_last, l2=l2, lr_control=lr_control,
@@ -165,4 +187,4 @@ def sweep(
     state = trainer.init_batched(params, seeds_arr, **hyper)
     done = drive(trainer, state, data, epochs, callbacks=callbacks)
     return SweepResult(lrs, hyper.get("weight_decay"), seeds_arr, done.history, done.state,
-                       done.compile_seconds, done.train_seconds)
+                       done.compile_seconds, done.train_seconds, trainer.graphdef)
