@@ -104,15 +104,16 @@ class Layout:
     def dtype_of(self, index: int) -> np.dtype:
         return self.dtypes[self.slots[index].bucket]
 
-    def flatten_leaves(self, leaves: Sequence[Any]) -> Flat:
-        """Concatenate leaves into their buckets (traceable)."""
+    def flatten_leaves(self, leaves: Sequence[Any], dtype: Any = None) -> Flat:
+        """Concatenate leaves into their buckets (traceable), in each bucket's dtype or in
+        ``dtype`` (a mask's ``bool``)."""
         out = {}
         for bucket, members in self._members.items():
-            dtype = self.dtypes[bucket]
+            kind = self.dtypes[bucket] if dtype is None else dtype
             if bucket in self.shaped:
-                out[bucket] = jnp.asarray(leaves[members[0]], dtype)
+                out[bucket] = jnp.asarray(leaves[members[0]], kind)
                 continue
-            chunks = [jnp.ravel(jnp.asarray(leaves[i], dtype)) for i in members]
+            chunks = [jnp.ravel(jnp.asarray(leaves[i], kind)) for i in members]
             out[bucket] = chunks[0] if len(chunks) == 1 else jnp.concatenate(chunks)
         return out
 

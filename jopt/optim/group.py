@@ -38,6 +38,7 @@ class Group:
     owned: list[Any]  # per leaf of a shared group: the array (None where a Variable holds it)
     offsets: list[Any] = field(default_factory=list)  # runtime leaf offsets (see Layout)
     built: tuple[Any, ...] = ()  # the static arguments the state was built for
+    mask: Flat | None = None  # pruning: per bucket, True where a parameter is kept
     args: tuple[Any, ...] | None = None  # (snapshot, static items, hyperparameter arrays, raw)
     skeleton: Any = field(default=None)
 

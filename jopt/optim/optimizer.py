@@ -12,6 +12,7 @@ holds no arithmetic of its own. What it adds is torch's way of driving one:
   are carried through the call, their non-parameter state written back (:mod:`.lifting`).
 - ``param_groups`` whose hyperparameters are data: changing ``lr`` never recompiles.
 - ``state_dict()`` / ``load_state_dict()`` in torch's layout, with ``param_names``.
+- ``prune(mask)``: ``torch.nn.utils.prune`` on the parameters, pruned entries held at zero.
 
 Inside, each group is one flat buffer per dtype (:mod:`jopt.flat`), so the update over many
 small leaves is a few fused kernels, with parameters and state donated to XLA. The loss is
@@ -20,7 +21,8 @@ linear in the number of leaves.
 
 The class is here: construction, groups and hyperparameters, the parameters and gradients as
 the user sees them, and the step methods. A group's storage is :mod:`.group`, the compiled
-programs (and the modules they carry) :mod:`.programs`, torch's state dict :mod:`.state_dict`.
+programs (and the modules they carry) :mod:`.programs`, torch's state dict :mod:`.state_dict`,
+pruning the parameters :mod:`.pruning`.
 """
 
 from __future__ import annotations
@@ -42,13 +44,14 @@ from jopt.optim.group import Group, as_float, flatten, hashable
 from jopt.optim.lifting import Binding, FnKey, get_value, set_value
 from jopt.optim.params import groups_of, is_group_list, is_sparse, source_of, warn_duplicates
 from jopt.optim.programs import Programs, RecompileWarning
+from jopt.optim.pruning import Pruning
 from jopt.optim.state_dict import StateDict
 from jopt.sharding import init_sharded
 
 __all__ = ["Optimizer", "RecompileWarning", "check_kernel_flags", "takes_no_arguments"]
 
 
-class Optimizer(Programs, StateDict):
+class Optimizer(Programs, Pruning, StateDict):
     """Base class of the facade optimizers; subclasses set ``functional``.
 
     ``functional`` is a jopt optimizer factory whose keyword arguments are torch's
@@ -314,6 +317,9 @@ class Optimizer(Programs, StateDict):
     def _offsets(self) -> list[list[Any]]:
         return [g.offsets for g in self._groups]
 
+    def _masks(self) -> list[Flat | None]:
+        return [g.mask for g in self._groups]
+
     def _values(self, g: Group) -> list[Any]:
         """The current leaves of a shared group (torch: the optimizer and the model hold the
         same tensors, so what was written into a Variable is what the step starts from)."""
@@ -393,12 +399,13 @@ class Optimizer(Programs, StateDict):
             grad_leaves = self._leaves_of(closure, "gradients")
             fn = self._program("grads", statics)
             flats, leaves, states, self._scratch = fn(
-                flats, leaves, offsets, states, hps, grad_leaves, self._grad_scratch()
+                flats, leaves, offsets, states, hps, self._masks(), grad_leaves,
+                self._grad_scratch(),
             )
         else:
             grads = self._grad  # kept, as torch keeps .grad until zero_grad()
             fn = self._program("flat_grads", statics)
-            flats, leaves, states = fn(flats, leaves, offsets, states, hps, grads)
+            flats, leaves, states = fn(flats, leaves, offsets, states, hps, self._masks(), grads)
         self._store(flats, leaves, states)
         return result
 
@@ -418,8 +425,8 @@ class Optimizer(Programs, StateDict):
         fn = self._program("closure", statics, loss_fn, has_aux, bindings)
         states = [g.state for g in self._groups]
         carried = [b.inputs() for b in bindings]
-        inputs = (self._flats(), self._leaf_params(), self._offsets(), states, hps, carried)
-        return fn, (*inputs, args, kwargs), bindings
+        inputs = (self._flats(), self._leaf_params(), self._offsets(), states, hps, self._masks())
+        return fn, (*inputs, carried, args, kwargs), bindings
 
     def _grad_scratch(self) -> list[Flat]:
         """Per group, a buffer for each bucket whose gradients ``step(grads)`` concatenates.
@@ -445,7 +452,8 @@ class Optimizer(Programs, StateDict):
         fn = self._program("backward", (kind,), loss_fn, has_aux, bindings)
         carried = [b.inputs() for b in bindings]
         loss, self._grad, carried = fn(
-            self._flats(), self._leaf_params(), self._offsets(), self._grad, carried, args, kwargs
+            self._flats(), self._leaf_params(), self._offsets(), self._masks(), self._grad,
+            carried, args, kwargs,
         )
         for b, values in zip(bindings, carried):
             b.write(values)

@@ -78,6 +78,9 @@ class Source:
     """A name per leaf for messages (the name, or the tree path)."""
     kind: str = "tree"
     """``"module"`` (a module's Params), ``"named"`` (named parameters) or ``"tree"``."""
+    pure: Any = None
+    """A module's: the structure of its Param state as a pure dict (``nnx.to_pure_dict``,
+    what :mod:`jopt.prune` and ``jopt.train`` give), taken by :meth:`unview` too."""
 
     @property
     def shared(self) -> bool:
@@ -96,8 +99,15 @@ class Source:
         return self.treedef.unflatten(values)
 
     def unview(self, tree: Any) -> list[Any]:
-        """The inverse of :meth:`view` (a tree of arrays or of Variables)."""
-        items = [_value(x) for x in self.treedef.flatten_up_to(tree)]
+        """The inverse of :meth:`view` (a tree of arrays or of Variables; for a module, its
+        Param state or that state as a pure dict)."""
+        try:
+            items = self.treedef.flatten_up_to(tree)
+        except (ValueError, TypeError):
+            if self.pure is None or isinstance(tree, nnx.State):
+                raise
+            items = self.pure.flatten_up_to(tree)
+        items = [_value(x) for x in items]
         if self.order is None:
             return items
         leaves: list[Any] = [None] * len(items)
@@ -172,7 +182,8 @@ def source_of(params: Any) -> Source:
         order = [position[id(v)] for v in state_vars]
         names = [n for n, _ in named]
         leaves = [v.get_value() for v in variables]
-        return Source(leaves, list(variables), names, treedef, order, names, "module")
+        pure = jax.tree.structure(nnx.to_pure_dict(state))
+        return Source(leaves, list(variables), names, treedef, order, names, "module", pure)
     if _is_named_list(params):
         names = [n for n, _ in params]
         items = [p for _, p in params]

@@ -19,8 +19,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jopt.core import apply_updates, spec_of
+from jopt.core import EmptyState, GradientTransformation, apply_updates, chain, spec_of
 from jopt.optim.lifting import Binding, FnKey
+from jopt.transforms.pruning import keep_pruned, masked_updates
 
 __all__ = ["RECOMPILE_LIMIT", "Programs", "RecompileWarning", "is_module"]
 
@@ -117,16 +118,20 @@ class Programs:
         """How many step programs this optimizer has traced and compiled."""
         return self._compiles
 
-    def _update(self, flats, leaves, offsets, states, grads, hps):
+    def _update(self, flats, leaves, offsets, states, grads, hps, masks):
         """One optimizer step of every group (traced): (flats, leaves, states).
 
         A shared group's parameters are concatenated for the update (XLA drops the copy when
         no term reads them) and each new leaf is its old value plus its slice of the update.
+        A pruned group's rule runs between ``masked_updates`` and ``keep_pruned`` of its mask.
         """
         leafwise = spec_of(self.functional).leafwise
         new_flats, new_leaves, new_states = [], [], []
         for i, g in enumerate(self._groups):
             transform = self._transform(i, hps[i])
+            if masks[i] is not None:
+                mask = g.layout.unflatten_leaves(masks[i], offsets[i]) if leafwise else masks[i]
+                transform = pruned(transform, mask)
             if leafwise:  # the rule sees each parameter in its shape
                 grad_leaves = g.layout.unflatten_leaves(grads[i], offsets[i])
                 parts, state = transform.update(grad_leaves, states[i], list(leaves[i]))
@@ -163,7 +168,7 @@ class Programs:
             self._note_loss_fn(key[1])
         bound = list(bindings)
 
-        def differentiate(flats, leaves, offsets, carried, args, kwargs):
+        def differentiate(flats, leaves, offsets, masks, carried, args, kwargs):
             # The leaves are sliced outside the differentiated function: the loss is
             # differentiated with respect to the leaves, and their gradients concatenated.
             leaves = [
@@ -176,37 +181,45 @@ class Programs:
 
             (loss, (aux, carried)), grads = jax.value_and_grad(objective, has_aux=True)(leaves)
             grads = [g.layout.flatten_leaves(lv) for g, lv in zip(self._groups, grads)]
+            # A pruned group's gradient is torch's gradient of ``weight_orig * weight_mask``.
+            grads = [gr if m is None else masked_updates(m).update(gr, EmptyState())[0]
+                     for gr, m in zip(grads, masks)]
             return ((loss, aux) if has_aux else loss), grads, carried
 
-        def closure(flats, leaves, offsets, states, hps, carried, args, kwargs):
+        def closure(flats, leaves, offsets, states, hps, masks, carried, args, kwargs):
             self._compiles += 1
-            result, grads, carried = differentiate(flats, leaves, offsets, carried, args, kwargs)
-            return (result, *self._update(flats, leaves, offsets, states, grads, hps), carried)
+            result, grads, carried = differentiate(
+                flats, leaves, offsets, masks, carried, args, kwargs
+            )
+            new = self._update(flats, leaves, offsets, states, grads, hps, masks)
+            return (result, *new, carried)
 
-        def backward(flats, leaves, offsets, acc, carried, args, kwargs):
+        def backward(flats, leaves, offsets, masks, acc, carried, args, kwargs):
             self._compiles += 1
-            result, grads, carried = differentiate(flats, leaves, offsets, carried, args, kwargs)
+            result, grads, carried = differentiate(
+                flats, leaves, offsets, masks, carried, args, kwargs
+            )
             if acc is not None:
                 grads = jax.tree.map(jnp.add, acc, grads)
             return result, grads, carried
 
-        def with_grads(flats, leaves, offsets, states, hps, grad_leaves, scratch):
+        def with_grads(flats, leaves, offsets, states, hps, masks, grad_leaves, scratch):
             self._compiles += 1
             grads = [g.layout.flatten_leaves(lv) for g, lv in zip(self._groups, grad_leaves)]
             # The concatenated gradients go out into the donated scratch buffers' memory.
             kept = [{k: g[k] for k in s} for g, s in zip(grads, scratch)]
-            return (*self._update(flats, leaves, offsets, states, grads, hps), kept)
+            return (*self._update(flats, leaves, offsets, states, grads, hps, masks), kept)
 
-        def with_flat_grads(flats, leaves, offsets, states, hps, grads):
+        def with_flat_grads(flats, leaves, offsets, states, hps, masks, grads):
             self._compiles += 1
-            return self._update(flats, leaves, offsets, states, grads, hps)
+            return self._update(flats, leaves, offsets, states, grads, hps, masks)
 
         # The flat buffers and the state are donated (updated in place); a shared group's
         # leaves are not: the user may still hold the arrays a Variable held.
         program = {
             "closure": lambda: jax.jit(closure, donate_argnums=(0, 3)),
-            "backward": lambda: jax.jit(backward, donate_argnums=(3,)),
-            "grads": lambda: jax.jit(with_grads, donate_argnums=(0, 3, 6), keep_unused=True),
+            "backward": lambda: jax.jit(backward, donate_argnums=(4,)),
+            "grads": lambda: jax.jit(with_grads, donate_argnums=(0, 3, 7), keep_unused=True),
             "flat_grads": lambda: jax.jit(with_flat_grads, donate_argnums=(0, 3)),
         }[kind]()
         self._programs[key] = program
@@ -228,6 +241,19 @@ class Programs:
                 RecompileWarning,
                 stacklevel=4,
             )
+
+
+def pruned(transform: GradientTransformation, mask: Any) -> GradientTransformation:
+    """``transform`` on a pruned group: torch's masked gradient in, pruned entries held at
+    exactly zero out; the state is ``transform``'s own (the two masks keep none)."""
+    inner = chain(masked_updates(mask), transform, keep_pruned(mask))
+    empty = EmptyState()
+
+    def update(updates: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
+        updates, (_, state, _) = inner.update(updates, (empty, state, empty), params)
+        return updates, state
+
+    return GradientTransformation(transform.init, update)
 
 
 _MODULE_TYPES: dict[type, bool] = {}

@@ -33,6 +33,11 @@ _STATIC = ("max_iter", "max_eval", "history_size", "line_search_fn")
 _DYNAMIC = ("lr", "tolerance_grad", "tolerance_change")
 
 
+def _masked(vector: jax.Array, mask: jax.Array) -> jax.Array:
+    """``vector`` with zeros where ``mask`` is False (a select: a NaN there does not leak)."""
+    return jnp.where(mask, vector, jnp.zeros((), vector.dtype))
+
+
 def _vector(leaves: list[Any]) -> jax.Array:
     """torch's flat view of a parameter list: the leaves raveled and concatenated in order."""
     return ravel(list(leaves))[0]
@@ -59,7 +64,9 @@ class LBFGS(Optimizer):
     ``loss = opt.backward(loss_fn, ...)`` and returns the loss; it is called as many times as
     torch calls it, each time with the parameters at the point being tried. ``opt.step(loss_fn,
     *args)`` runs the whole step as one compiled program. One parameter group only; the
-    state (torch keeps it under the first parameter) is in :meth:`state_dict`.
+    state (torch keeps it under the first parameter) is in :meth:`state_dict`. Pruned
+    (:meth:`prune`), the iterate is torch's ``weight_orig``: the loss is evaluated at its masked
+    values, with masked gradients, and the parameters hold the masked iterate.
     """
 
     functional = staticmethod(jopt.lbfgs)
@@ -124,10 +131,20 @@ class LBFGS(Optimizer):
             leaves = g.layout.unflatten_leaves(flat, offsets)
         return _vector(leaves)
 
-    def _stored(self, x: jax.Array) -> tuple[Flat | None, list[Any] | None]:
-        """The vector ``x`` in the group's storage: its flat buffers, or leaves for Variables."""
+    def _mask_vector(self, mask: Flat | None) -> jax.Array | None:
+        """A pruning mask (:meth:`prune`) as torch's flat vector, ``None`` without one."""
+        if mask is None:
+            return None
+        leaves = self._groups[0].layout.unflatten_leaves(mask)
+        return jnp.concatenate([jnp.ravel(m) for m in leaves])
+
+    def _stored(self, x: jax.Array, mask: jax.Array | None) -> tuple[Flat | None, list[Any] | None]:
+        """The vector ``x`` in the group's storage: its flat buffers, or leaves for Variables.
+
+        Pruned: ``x`` is torch's ``weight_orig``, and what is stored (what the loss sees) is
+        ``weight_orig * weight_mask``."""
         g = self._groups[0]
-        leaves = _leaves(x, g.layout)
+        leaves = _leaves(x if mask is None else _masked(x, mask), g.layout)
         return (g.layout.flatten_leaves(leaves), None) if g.flat is not None else (None, leaves)
 
     def step(self, closure: Any = None, *args: Any, has_aux: bool = False, **kwargs: Any) -> Any:
@@ -163,6 +180,7 @@ class LBFGS(Optimizer):
         begin, tick = self._closure_programs(static)
         g = self._groups[0]
         run = begin(g.flat, self._leaf_params()[0], g.offsets, g.state, hps)
+        mask = g.mask
         g.state = None  # donated: it lives in ``run`` until the step ends
         result, first = None, True
         try:
@@ -171,7 +189,7 @@ class LBFGS(Optimizer):
                 if first:
                     result, first = out, False
                 grads = self._grad[0] if self._grad is not None else self._zero_grads()
-                run, done, flat, leaves = tick(run, jnp.asarray(out), grads, hps)
+                run, done, flat, leaves = tick(run, jnp.asarray(out), grads, hps, mask)
                 self._store([flat], [leaves], [None])
                 if bool(done):
                     break
@@ -195,12 +213,14 @@ class LBFGS(Optimizer):
             opt = self.functional(**dict(static), **hps)
             return opt.start(state, self._x(flat, leaves, offsets))
 
-        def tick(run, loss, grads, hps):
+        def tick(run, loss, grads, hps, mask):
             self._compiles += 1
             opt = self.functional(**dict(static), **hps)
-            run = opt.tick(run, loss, _vector(g.layout.unflatten_leaves(grads)))
+            mask = self._mask_vector(mask)
+            grad = _vector(g.layout.unflatten_leaves(grads))
+            run = opt.tick(run, loss, grad if mask is None else _masked(grad, mask))
             # The parameters hold the next trial point, or the new iterate at the end.
-            flat, leaves = self._stored(jnp.where(run.done, run.x, run.x_eval))
+            flat, leaves = self._stored(jnp.where(run.done, run.x, run.x_eval), mask)
             return run, run.done, flat, leaves
 
         programs = (jax.jit(begin, donate_argnums=(3,)), jax.jit(tick, donate_argnums=(0,)))
@@ -222,27 +242,30 @@ class LBFGS(Optimizer):
             )
         g = self._groups[0]
         carried = [b.inputs() for b in bindings]
-        inputs = (g.flat, self._leaf_params()[0], g.offsets, g.state, hps, carried, args, kwargs)
+        inputs = (g.flat, self._leaf_params()[0], g.offsets, g.state, hps, g.mask, carried, args,
+                  kwargs)
         return program, inputs, bindings
 
     def _function_program(self, fn, has_aux, bindings, static) -> Callable:
         g = self._groups[0]
 
-        def program(flat, leaves, offsets, state, hps, carried, args, kwargs):
+        def program(flat, leaves, offsets, state, hps, mask, carried, args, kwargs):
             self._compiles += 1
             opt = self.functional(**dict(static), **hps)
+            mask = self._mask_vector(mask)
 
             def evaluate(x, carried):
                 def objective(leaves):
                     return self._loss(fn, has_aux, bindings, [leaves], carried, args, kwargs)
 
-                trial = _leaves(x, g.layout)
+                trial = _leaves(x if mask is None else _masked(x, mask), g.layout)
                 (loss, (aux, carried)), grads = jax.value_and_grad(objective, has_aux=True)(trial)
-                return loss, _vector(grads), carried, aux
+                grad = _vector(grads)
+                return loss, grad if mask is None else _masked(grad, mask), carried, aux
 
             x, state, loss, aux, carried = opt.run(evaluate, self._x(flat, leaves, offsets), state,
                                                    carried)  # fmt: skip
-            new_flat, new_leaves = self._stored(x)
+            new_flat, new_leaves = self._stored(x, mask)
             return ((loss, aux) if has_aux else loss), new_flat, new_leaves, state, carried
 
         return jax.jit(program, donate_argnums=(0, 3))
