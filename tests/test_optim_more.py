@@ -270,3 +270,74 @@ def test_muon_follows_torch_and_state_dicts_move():
         np.testing.assert_allclose(moved.params[k], v.detach().numpy(), **MUON_TOL)
         theirs = back_params[k].detach().numpy()
         np.testing.assert_allclose(ours.params[k], theirs, **MUON_TOL)
+
+
+# ------------------------------------------------------------------------------------------
+# Complex parameters: torch's state is complex, jopt's pairs of reals
+# ------------------------------------------------------------------------------------------
+
+COMPLEX_CONFIGS = [
+    ("SGD", dict(lr=0.05, momentum=0.9)),
+    ("Adam", dict(lr=0.05, amsgrad=True)),
+    ("RMSprop", dict(lr=0.01, momentum=0.5, centered=True)),
+    ("Adagrad", dict(lr=0.1)),
+    ("Adadelta", dict()),
+    ("Adamax", dict(lr=0.05)),
+    ("NAdam", dict(lr=0.05)),
+    ("RAdam", dict(lr=0.05)),
+    ("ASGD", dict(lr=0.05)),
+    ("Rprop", dict(lr=0.05)),
+]
+
+
+def complex_grads(z, w):
+    """A fixed gradient field of a complex and a real parameter (numpy, either side)."""
+    return (np.sin(z.real) + 1j * np.cos(3 * z.imag)).astype(np.complex64), np.tanh(w) + 0.1
+
+
+@pytest.mark.parametrize(("name", "kwargs"), COMPLEX_CONFIGS, ids=lambda c: str(c))
+def test_complex_state_dicts_are_torchs_and_load_both_ways(name, kwargs):
+    """torch keeps a complex parameter's state complex (stepping it through ``view_as_real``);
+    jopt's state_dict writes it so, and each side continues from the other's."""
+    rng = np.random.default_rng(0)
+    z0 = (rng.normal(size=(3, 2)) + 1j * rng.normal(size=(3, 2))).astype(np.complex64)
+    w0 = rng.normal(size=4).astype(np.float32)
+
+    def torch_run(z, w, state=None, steps=3):
+        params = [torch.nn.Parameter(torch.tensor(z)), torch.nn.Parameter(torch.tensor(w))]
+        opt = getattr(torch.optim, name)(params, **kwargs)
+        if state is not None:
+            opt.load_state_dict(state)
+        for _ in range(steps):
+            for p, g in zip(params, complex_grads(*(q.detach().numpy() for q in params))):
+                p.grad = torch.tensor(g)
+            opt.step()
+        return opt, [p.detach().numpy() for p in params]
+
+    def jopt_run(z, w, state=None, steps=3):
+        opt = getattr(jopt.optim, name)([jnp.asarray(z), jnp.asarray(w)], **kwargs)
+        if state is not None:
+            opt.load_state_dict(state)
+        for _ in range(steps):
+            opt.step(list(complex_grads(*map(np.asarray, opt.params))))
+        return opt, [np.asarray(p) for p in opt.params]
+
+    theirs, t_values = torch_run(z0, w0)
+    ours, values = jopt_run(z0, w0)
+    for a, b in zip(values, t_values):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    t_state, state = theirs.state_dict()["state"], ours.state_dict()["state"]
+    assert state.keys() == t_state.keys()
+    for index, entry in t_state.items():
+        assert state[index].keys() == entry.keys()
+        for key, value in entry.items():
+            ours_value = np.asarray(state[index][key])
+            assert ours_value.dtype == value.numpy().dtype, (index, key)
+            np.testing.assert_allclose(ours_value, value.numpy(), rtol=1e-5, atol=1e-6)
+    # each continues from the other's state dict, on the trajectory of 6 steps
+    _, t_six = torch_run(z0, w0, steps=6)
+    _, from_torch = jopt_run(*t_values, state=theirs.state_dict())
+    _, to_torch = torch_run(*values, state=to_torch_state(ours.state_dict()))
+    for a, b, c in zip(from_torch, to_torch, t_six):
+        np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(b, c, rtol=1e-5, atol=1e-6)

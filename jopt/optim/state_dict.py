@@ -34,7 +34,6 @@ class StateDict:
         ``momentum_buffer``, ``square_avg``, ``grad_avg``, ``sum``). A parameter that has not
         stepped has no entry. Groups of named parameters carry ``param_names``.
         """
-        self._refuse_complex_state()
         state: dict[int, dict[str, Any]] = {}
         groups = []
         start = 0
@@ -46,16 +45,6 @@ class StateDict:
             start += len(g.layout)
         return {"state": state, "param_groups": groups}
 
-    def _refuse_complex_state(self) -> None:
-        """The state of a complex parameter is kept as pairs of reals, which the state dict
-        does not yet write in torch's layout (complex buffers): say so rather than drop it."""
-        for g in self._groups:
-            if any(jnp.issubdtype(d, jnp.complexfloating) for d in g.layout.dtypes.values()):
-                raise NotImplementedError(
-                    "state_dict of complex parameters: jopt.optim steps them as torch does, but "
-                    "does not yet write or read their state in torch's layout"
-                )
-
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state dict made by :meth:`state_dict` or by ``torch.optim`` (same layout).
 
@@ -63,7 +52,6 @@ class StateDict:
         Everything is checked before anything changes: a refused load leaves the optimizer
         as it was.
         """
-        self._refuse_complex_state()
         saved_groups = state_dict["param_groups"]
         if len(saved_groups) != len(self.param_groups):
             raise ValueError("loaded state dict has a different number of parameter groups")

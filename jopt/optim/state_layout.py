@@ -206,7 +206,7 @@ def load(template: Any, entries_: list[dict[str, Any]], layout: Layout) -> Any:
     def gather(name: str, like: Any) -> Any:
         """The entries' ``name`` buffers in the template's form: flat, or one per leaf (with
         the template's shapes, e.g. Adafactor's row factors; None where it keeps none)."""
-        flat = layout.is_flat(like)
+        flat = layout.is_flat(like) or _is_paired(like, layout)
         leaves = []
         for j, entry in enumerate(entries_):
             want = layout.shapes[j] if flat else (None if like[j] is None else like[j].shape)
@@ -223,7 +223,7 @@ def load(template: Any, entries_: list[dict[str, Any]], layout: Layout) -> Any:
                     f"{layout.names[j]}, where {tuple(want)} is expected"
                 )
             leaves.append(jnp.asarray(array.astype(layout.dtype_of(j))))
-        return layout.flatten_leaves(leaves) if flat else leaves
+        return _as_pairs(layout.flatten_leaves(leaves), like, layout) if flat else leaves
 
     def scalar(name: str, like: jax.Array) -> jax.Array:
         """The one value of a per-parameter scalar: torch's entries must agree on it."""
@@ -267,14 +267,55 @@ def load(template: Any, entries_: list[dict[str, Any]], layout: Layout) -> Any:
     return _map_substates(template, fill)
 
 
+def _complex_buckets(layout: Layout) -> list[str]:
+    return [k for k, d in layout.dtypes.items() if jnp.issubdtype(d, jnp.complexfloating)]
+
+
+def _is_paired(value: Any, layout: Layout) -> bool:
+    """A flat buffer whose complex buckets are held as pairs of reals (a trailing axis of 2:
+    how jopt's rules step complex parameters, as torch's ``view_as_real``)."""
+    return (
+        isinstance(value, dict)
+        and set(value) == set(layout.sizes)
+        and all(
+            jnp.shape(value[k]) == (*shape, 2) if k in _complex_buckets(layout)
+            else jnp.shape(value[k]) == shape
+            for k, shape in layout.bucket_shapes.items()
+        )
+    )
+
+
+def _as_complex(value: Any, layout: Layout) -> Any:
+    """A paired flat buffer with its complex buckets complex again: torch's complex state."""
+    if not _complex_buckets(layout) or not _is_paired(value, layout):
+        return value
+    return {
+        k: jax.lax.complex(v[..., 0], v[..., 1]) if k in _complex_buckets(layout) else v
+        for k, v in value.items()
+    }
+
+
+def _as_pairs(flat: Any, like: Any, layout: Layout) -> Any:
+    """A flat buffer in the form of ``like``: complex buckets as pairs of reals if it has them."""
+    if not _complex_buckets(layout) or not _is_paired(like, layout):
+        return flat
+    return {
+        k: jnp.stack([v.real, v.imag], -1).astype(like[k].dtype)
+        if k in _complex_buckets(layout) else v
+        for k, v in flat.items()
+    }
+
+
 def _per_leaf(value: Any, layout: Layout) -> list[Any]:
-    """A per-parameter buffer as one array (or None) per leaf: flat buffers are split, a
-    leafwise rule's list is already that."""
+    """A per-parameter buffer as one array (or None) per leaf: flat buffers are split (complex
+    buckets made complex, as torch's state of a complex parameter is), a leafwise rule's list
+    is already that."""
+    value = _as_complex(value, layout)
     return layout.unflatten_leaves(value) if layout.is_flat(value) else list(value)
 
 
 def _is_per_leaf(value: Any, layout: Layout) -> bool:
-    return layout.is_flat(value) or (
+    return layout.is_flat(value) or _is_paired(value, layout) or (
         isinstance(value, list | tuple) and len(value) == len(layout) and len(layout) > 0
         and any(hasattr(v, "shape") for v in value)
     )
