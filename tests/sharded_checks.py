@@ -273,3 +273,38 @@ def test_facade_over_sharded_parameters_matches_the_unsharded_facade(name, mesh)
             np.testing.assert_allclose(
                 np.asarray(ours["state"][index][key]), np.asarray(value), rtol=1e-4, atol=1e-5
             )
+
+
+# ------------------------------------------------------------------------------------------
+# Checkpoints onto another mesh
+# ------------------------------------------------------------------------------------------
+
+
+def test_a_checkpoint_restores_onto_the_mesh_that_asks(tmp_path):
+    """A state saved fully sharded over 8 devices comes back with the sharding the restoring
+    run's placement gives each array — split 4 ways, replicated on 2, on one device — and
+    with the values it was saved with."""
+    import dataclasses
+
+    from jopt.train.checkpoint import Checkpoints
+    from jopt.train.runner import RunConfig, Session, restore_target
+
+    config = RunConfig(optimizer="adam", epochs=2, devices=8, fsdp=True)
+    _, trainer, params = Session().build(config)
+    saved, _ = trainer.place(trainer.init(params, config.seed))
+    assert not saved.params["layers"][0]["kernel"].sharding.is_fully_replicated
+    Checkpoints(tmp_path).save(saved, config.resume_record(), {})
+    for devices, fsdp in [(4, True), (2, False), (1, False)]:
+        here = dataclasses.replace(config, devices=devices, fsdp=fsdp)
+        _, trainer, params = Session().build(here)
+        target = restore_target(trainer, trainer.init(params, here.seed))
+        state, _ = Checkpoints(tmp_path).restore(target, here.resume_record(), 0)
+        for got, want, value in zip(jax.tree.leaves(state), jax.tree.leaves(target),
+                                    jax.tree.leaves(saved), strict=True):
+            assert got.sharding.is_equivalent_to(want.sharding, got.ndim), (devices, fsdp)
+            np.testing.assert_array_equal(np.asarray(got), np.asarray(value))
+        if devices == 4:
+            assert state.params["layers"][0]["kernel"].addressable_shards[0].data.shape == (4, 4)
+        if devices == 1:
+            for leaf in jax.tree.leaves(state):
+                assert leaf.sharding.device_set == {jax.devices()[0]}

@@ -115,28 +115,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("name", ["adam", pytest.param("sgd", marks=pytest.mark.slow)])
-def test_two_processes_train_data_parallel_as_one(name):
-    """2 processes x 4 CPU devices joined by ``jax.distributed.initialize`` on a loopback
-    port: 104 data-parallel steps over the 8 devices equal a one-process, one-device run."""
+def _workers(*argvs: list[str], timeout: float = 240) -> list[dict]:
+    """Run ``multiprocess_worker.py`` once per ``argv``, side by side; what each printed.
+    Nothing outlives the call."""
     import json
 
-    from flax import nnx
-
-    from jopt.train import MLP, fit, load_iris
-
-    port = str(_free_port())
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     worker = str(HERE / "multiprocess_worker.py")
     procs = [
-        subprocess.Popen([sys.executable, worker, str(i), "2", port, name], env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for i in range(2)
+        subprocess.Popen([sys.executable, worker, *argv], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+        for argv in argvs
     ]
     try:
-        outputs = [p.communicate(timeout=240) for p in procs]
+        outputs = [p.communicate(timeout=timeout) for p in procs]
     finally:
-        for p in procs:  # nothing outlives the test
+        for p in procs:
             if p.poll() is None:
                 p.kill()
                 p.wait()
@@ -145,27 +139,130 @@ def test_two_processes_train_data_parallel_as_one(name):
         assert p.returncode == 0, err[-3000:]
         line = next(line for line in out.splitlines() if line.startswith("RESULT "))
         results.append(json.loads(line[len("RESULT "):]))
+    return results
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory):
+    """``launch(name, fsdp)``: 2 processes x 4 CPU devices joined by
+    ``jax.distributed.initialize`` on a loopback port, each printing its results
+    (``multiprocess_worker.py``: a data-parallel ``fit``, then ``jopt train``'s run with a
+    checkpoint every epoch into a directory of its own); each launch runs once per module."""
+    launched: dict = {}
+
+    def launch(name: str, fsdp: bool) -> tuple[Path, list[dict]]:
+        if (name, fsdp) not in launched:
+            directory = tmp_path_factory.mktemp(f"two-{name}-{'fsdp' if fsdp else 'dp'}") / "ckpt"
+            port = str(_free_port())
+            common = ["--processes", "2", "--port", port, "--optimizer", name,
+                      "--checkpoint-dir", str(directory), *(["--fsdp"] if fsdp else ["--fit"])]
+            results = _workers(*(["--process-id", str(i), *common] for i in range(2)))
+            launched[name, fsdp] = directory, results
+        return launched[name, fsdp]
+
+    return launch
+
+
+@pytest.mark.parametrize("name", ["adam", pytest.param("sgd", marks=pytest.mark.slow)])
+def test_two_processes_train_data_parallel_as_one(name, two_processes):
+    """2 processes x 4 CPU devices: 104 data-parallel steps over the 8 devices equal a
+    one-process, one-device run."""
+    from flax import nnx
+
+    from jopt.train import MLP, fit, load_iris
+
+    _, results = two_processes(name, False)
     one = fit(MLP(4, (16,), 3, rngs=nnx.Rngs(0)), getattr(jopt, name)(lr=0.01), load_iris(),
               epochs=13, batch_size=16)
     for r in results:
-        np.testing.assert_allclose(r["train_loss"], one.history["train_loss"], rtol=1e-5)
+        np.testing.assert_allclose(r["fit_loss"], one.history["train_loss"], rtol=1e-5)
 
 
-@pytest.mark.slow
-def test_cli_runs_as_two_processes():
-    """``jopt train --devices 8 --coordinator ... --num-processes 2 --process-id I`` in two
-    processes (4 host devices each) reports the one-process numbers."""
+def _assert_same_run(got: dict, want, epochs: int) -> None:
+    """A run's history (its first ``epochs`` epochs) and, for a whole run, its final
+    parameters equal ``want``'s (a ``RunResult``) within 1e-5."""
+    for k, v in want.history.items():
+        np.testing.assert_allclose(got["history"][k], np.asarray(v)[:epochs], rtol=1e-5,
+                                   atol=1e-6, err_msg=k)
+    if epochs == len(want.history["train_loss"]):
+        ref = [np.ravel(np.asarray(p)) for p in jax.tree.leaves(want.params)]
+        assert len(got["params"]) == len(ref)
+        for a, b in zip(got["params"], ref):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("fsdp", [False, pytest.param(True, marks=pytest.mark.slow)],
+                         ids=["data-parallel", "fsdp"])
+def test_a_checkpoint_of_two_processes_resumes_on_one_process(fsdp, two_processes, tmp_path):
+    """Every process of a 2 x 4 device run writes its own shards of each checkpoint; the same
+    processes fall back together from a damaged newest checkpoint; and the checkpoint resumes
+    in one process on 8 devices and on 1, each ending where an uninterrupted run ends."""
+    import shutil
+
+    from jopt.train.checkpoint import Checkpoints
+    from jopt.train.runner import RunConfig, Session
+
+    directory, results = two_processes("adam", fsdp)
+    config = RunConfig(optimizer="adam", epochs=4, schedule="cosine")
+    straight = Session().run(config)
+
+    # the interrupted run: epochs 1-3, the last 2 checkpoints kept, nothing else in the folder
+    for r in results:
+        assert r["stopped"]["checkpoints"] == [2, 3]
+        _assert_same_run(r["stopped"], straight, 3)
+    assert sorted(os.listdir(directory)) == [".jopt-lock", "epoch_2", "epoch_3"]
+    state = directory / "epoch_3" / "state"
+    for process in (0, 1):  # each process wrote shards of its own
+        shards = [p for p in (state / f"ocdbt.process_{process}").rglob("*") if p.is_file()]
+        assert len(shards) > 1, sorted(os.listdir(state))
+    # as orbax describes the arrays: the first kernel (4, 16) and its two Adam moments are
+    # split over the 8 devices with --fsdp, replicated without; either way each device
+    # writes an eighth (its shard, or its slice of a replicated array)
+    import orbax.checkpoint as ocp
+    from etils import epath
+
+    described = ocp.StandardCheckpointHandler().metadata(epath.Path(state))
+    kernels = [m for m in described.values() if tuple(m.shape) == (4, 16)]
+    assert len(kernels) == 3
+    for m in kernels:
+        assert tuple(m.sharding.partition_spec) == ((None, "data") if fsdp else ())
+        assert tuple(m.storage.write_shape) == (4, 2)
+
+    # the same two processes resume a copy whose epoch 3 has a damaged shard: both fall back
+    for r in results:
+        again = r["again"]
+        assert again["resumed_from"] == 2 and again["checkpoints"] == [3, 4]
+        [note] = again["notes"]
+        assert "skipped" in note and "epoch_3" in note and "ocdbt.process_1" in note
+        _assert_same_run(again, straight, 4)
+
+    # one process, 8 devices (the same placement) and 1 device
+    eight, one = tmp_path / "eight", tmp_path / "one"
+    shutil.copytree(directory, eight)
+    shutil.copytree(directory, one)
+    [resumed] = _workers(["--local-devices", "8", "--checkpoint-dir", str(eight), "--resume",
+                          *(["--fsdp"] if fsdp else [])])
+    assert resumed["resumed"]["resumed_from"] == 3
+    _assert_same_run(resumed["resumed"], straight, 4)
+    alone = Session().run(config, checkpoints=Checkpoints(one, keep=2), checkpoint_every=1,
+                          resume=True)
+    assert alone.resumed_from == 3 and alone.checkpoints == [3, 4]
+    _assert_same_run({"history": alone.history,
+                      "params": [np.ravel(np.asarray(p)) for p in jax.tree.leaves(alone.params)]},
+                     straight, 4)
+
+
+def _jopt_two_processes(*argv: str) -> list[subprocess.CompletedProcess]:
+    """``jopt ARGV --devices 8`` as 2 processes of 4 host devices each, side by side."""
     port = str(_free_port())
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    recipe = ["train", "--optimizer", "adam", "--epochs", "3", "--json", "--no-cache"]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "jopt", *recipe, "--devices", "8", "--coordinator",
-             f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
+    commands = [
+        [sys.executable, "-m", "jopt", *argv, "--devices", "8", "--coordinator",
+         f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)]
         for i in range(2)
     ]
+    procs = [subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for c in commands]
     try:
         outputs = [p.communicate(timeout=240) for p in procs]
     finally:
@@ -173,15 +270,38 @@ def test_cli_runs_as_two_processes():
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    one = _final(_jopt(*recipe))
-    for p, (out, err) in zip(procs, outputs):
-        assert p.returncode == 0, err[-3000:]
-        import json
+    return [subprocess.CompletedProcess(c, p.returncode, out, err)
+            for c, p, (out, err) in zip(commands, procs, outputs)]
 
-        mine = json.loads(out.strip().splitlines()[-1])
+
+@pytest.mark.slow
+def test_cli_runs_as_two_processes(tmp_path):
+    """``jopt train --devices 8 --coordinator ... --num-processes 2 --process-id I`` in two
+    processes (4 host devices each) reports the one-process numbers; with ``--fsdp`` and
+    ``--checkpoint-dir`` both save, and one process resumes what they wrote. A directory
+    another run holds is refused by both processes with the same line."""
+    from jopt.train.checkpoint import Checkpoints
+
+    recipe = ["train", "--optimizer", "adam", "--epochs", "3", "--json", "--no-cache"]
+    ckpt = tmp_path / "ckpt"
+    saving = (*recipe, "--fsdp", "--checkpoint-dir", str(ckpt), "--checkpoint-every", "1")
+    with Checkpoints(ckpt).writing():
+        refused = _jopt_two_processes(*saving)
+    for done in refused:
+        assert done.returncode == 2, done.stderr[-3000:]
+        assert f"in use by another run (pid {os.getpid()})" in done.stderr.strip().splitlines()[-1]
+    one = _final(_jopt(*recipe))
+    for done in _jopt_two_processes(*saving):
+        mine = _final(done)
+        assert mine["checkpoints"] == [1, 2, 3]
         np.testing.assert_allclose(
             mine["history"]["train_loss"], one["history"]["train_loss"], rtol=1e-5
         )
+    resumed = _final(_jopt(*recipe, "--checkpoint-dir", str(ckpt), "--resume"))
+    assert resumed["resumed_from"] == 3
+    np.testing.assert_allclose(
+        resumed["history"]["test_loss"], one["history"]["test_loss"], rtol=1e-5
+    )
 
 
 def test_cli_refuses_incomplete_process_flags():

@@ -75,9 +75,6 @@ def _processes(args: argparse.Namespace) -> int:
     devices = getattr(args, "devices", 1)
     if devices % processes:
         raise UsageError(f"--devices {devices} does not split over {processes} processes")
-    if getattr(args, "checkpoint_dir", None) is not None and processes > 1:
-        raise UsageError("--checkpoint-dir writes from one process: run without it, or with "
-                         "--num-processes 1")
     return processes
 
 

@@ -18,7 +18,8 @@ def add(sub: Any) -> None:
     p.add_argument("--checkpoint-dir", default=None, metavar="DIR",
                    help="save checkpoints here (orbax), as folders epoch_<N>; jopt deletes or "
                         "replaces only the epoch_<N> folders it wrote, nothing else in DIR, and "
-                        "refuses a DIR another run is writing")
+                        "refuses a DIR another run is writing; with several processes, a DIR "
+                        "they all see (each writes its own shards)")
     p.add_argument("--checkpoint-every", type=positive(int, "--checkpoint-every"), default=25,
                    help="epochs between checkpoints (default 25; and the last)")
     p.add_argument("--keep", type=positive(int, "--keep"), default=3,
@@ -74,8 +75,8 @@ def run(args: argparse.Namespace) -> int:
 
     dense = dense_epochs(config)
     before = float(result.history["test_accuracy"][dense - 1]) if dense else None
-    compression = compression_report(result.graphdef, result.params, data, config.quantize,
-                                     before)
+    compression = compression_report(result.graphdef, whole(result.params), data,
+                                     config.quantize, before)
     if config.prune != "none" or config.quantize != "none":
         console.print(compression_table(compression, config))
     steps = (config.epochs - first) * result_steps(data, config)
@@ -138,6 +139,18 @@ def compression_table(report: dict[str, Any], config: Any) -> Any:
                       str(report["quantized_model_bytes"]),
                       f"{report['quantized_test_accuracy']:.3f}")
     return table
+
+
+def whole(params: Any) -> Any:
+    """``params`` with every array whole on this process: the report evaluates the trained
+    model here, and with several processes a fully sharded parameter is split over them."""
+    import jax
+
+    if jax.process_count() == 1:
+        return params
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(params, tiled=True)
 
 
 def result_steps(data: Any, config: Any) -> int:

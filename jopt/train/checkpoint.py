@@ -16,7 +16,17 @@ Restoring checks the record against the run that asks for it before reading any 
 different configuration, or a state of another shape, is a ``CheckpointError`` naming the first
 difference; an unreadable checkpoint is an ``UnreadableCheckpoint`` (a ``CheckpointError``).
 :meth:`Checkpoints.restore_latest` falls back from unreadable checkpoints to the newest good
-one and says which it skipped. Nothing on disk is changed by a restore.
+one and says which it skipped. Nothing on disk is changed by a restore. Each array is restored
+with the sharding of its leaf in ``like`` (a placed array or a ``jax.ShapeDtypeStruct`` with a
+``sharding``), whatever mesh wrote it: a checkpoint of 8 devices resumes on 1, and back.
+
+**Several processes** (after ``jax.distributed.initialize``, on a directory they all see):
+every process calls every method, in the same order. Each process writes the shards its
+devices hold (orbax's multi-process saving; nothing is gathered onto one host) and reads the
+shards its devices need. The primary process (process 0) alone takes the lock, checks what is
+in the directory, seals, deletes and verifies digests; its answer — a list of checkpoints, a
+record, an error — is shared with the others, and an error on any process is raised on every
+process, so that all of them resume from the same checkpoint or all stop with the same line.
 """
 
 from __future__ import annotations
@@ -26,9 +36,9 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import jax
 import numpy as np
@@ -39,6 +49,8 @@ FORMAT = "jopt.train/1"
 PREFIX = "epoch_"
 LOCK = ".jopt-lock"
 DIGEST = "jopt-digest.json"
+
+T = TypeVar("T")
 
 
 class CheckpointError(Exception):
@@ -54,11 +66,12 @@ def _leaves(tree: Any) -> tuple[list[str], list[Any]]:
     return [jax.tree_util.keystr(p) for p, _ in flat], [leaf for _, leaf in flat]
 
 
+def _dtype(leaf: Any) -> np.dtype:
+    return np.dtype(leaf.dtype if hasattr(leaf, "dtype") else np.asarray(leaf).dtype)
+
+
 def _describe(leaf: Any) -> list[Any]:
-    return [
-        list(np.shape(leaf)),
-        str(np.asarray(leaf).dtype if not hasattr(leaf, "dtype") else leaf.dtype),
-    ]
+    return [list(np.shape(leaf)), str(_dtype(leaf))]
 
 
 class Checkpoints:
@@ -71,7 +84,8 @@ class Checkpoints:
             raise CheckpointError("the checkpoint directory must not be empty")
         self.directory = Path(directory).absolute()
         self.keep = keep
-        self._lock: Any = None
+        self._lock: Any = None  # the lock file, held by the primary process
+        self._writing = False  # inside ``writing()``, on every process
         self._checkpointer: Any = None
 
     # -- what is there ----------------------------------------------------------------------
@@ -82,7 +96,10 @@ class Checkpoints:
     def epochs(self) -> list[int]:
         """The finished checkpoints, oldest first: ``epoch_<N>`` folders that orbax marked
         complete and jopt sealed with the digest of their files (temporary, unfinished writes
-        are not listed)."""
+        are not listed). With several processes, the primary's list, on every process."""
+        return _primary_says(self._epochs)
+
+    def _epochs(self) -> list[int]:
         if not self.directory.is_dir():
             return []
         found = []
@@ -114,12 +131,16 @@ class Checkpoints:
 
     def check_writable(self) -> None:
         """Refuse, before any training, a directory that cannot hold checkpoints: a file, a
-        path under a file, an unwritable place. Creates the directory."""
+        path under a file, an unwritable place. Creates the directory. With several
+        processes, every one of them must be able to write there."""
+        _all_agree(self._check_writable)
+
+    def _check_writable(self) -> None:
         if self.directory.exists() and not self.directory.is_dir():
             raise CheckpointError(f"checkpoint directory {self.directory} is a file")
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            probe = self.directory / f".jopt-probe-{os.getpid()}"
+            probe = self.directory / f".jopt-probe-{jax.process_index()}-{os.getpid()}"
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as e:
@@ -129,14 +150,26 @@ class Checkpoints:
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[None]:
-        """Hold the directory's lock: a second writer gets a ``CheckpointError`` at once."""
-        if self._lock is not None:  # held already, by this object
+        """Hold the directory's lock: a second writer gets a ``CheckpointError`` at once.
+        With several processes the primary holds it, for all of them."""
+        if self._writing:  # held already, by this object
             yield
             return
+        self.check_writable()
+        _primary_says(self._take_lock)
+        self._writing = True
+        try:
+            yield
+        finally:
+            self._writing = False
+            if self._lock is not None:
+                self._lock.close()  # releases the lock
+                self._lock = None
+
+    def _take_lock(self) -> None:
         import fcntl
 
-        self.check_writable()
-        handle = open(self.directory / LOCK, "a+")  # noqa: SIM115 - held for the block
+        handle = open(self.directory / LOCK, "a+")  # noqa: SIM115 - held until released
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -151,11 +184,6 @@ class Checkpoints:
         handle.write(str(os.getpid()))
         handle.flush()
         self._lock = handle
-        try:
-            yield
-        finally:
-            self._lock = None
-            handle.close()  # releases the lock
 
     # -- write --------------------------------------------------------------------------------
 
@@ -165,14 +193,18 @@ class Checkpoints:
 
             self._ocp = ocp
             self._checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+            # Reads go to the handler itself: it has no barrier inside, so a process that
+            # fails to read cannot leave the others waiting (they agree afterwards).
+            self._reader = ocp.CompositeCheckpointHandler()
         return self._checkpointer
 
     def save(self, state: Any, config: dict[str, Any], history: dict[str, list[float]]) -> Path:
         """Write ``state`` (a ``TrainState``) as the checkpoint of epoch ``state.epoch``, then
-        delete jopt's oldest checkpoints beyond ``keep``."""
+        delete jopt's oldest checkpoints beyond ``keep``. With several processes every process
+        calls it and writes its own shards of arrays that span processes."""
         checkpointer = self._orbax()
         ocp = self._ocp
-        epoch = int(state.epoch)
+        epoch = int(np.asarray(state.epoch))
         path = self.path(epoch)
         paths, leaves = _leaves(state)
         record = {
@@ -182,13 +214,9 @@ class Checkpoints:
             "history": history,
             "leaves": [[p, *_describe(x)] for p, x in zip(paths, leaves)],
         }
-        arrays = {f"{i:04d}": np.asarray(x) for i, x in enumerate(leaves)}
+        arrays = {f"{i:04d}": x for i, x in enumerate(leaves)}
         with self.writing():
-            if path.exists() and not self._ours(path):
-                raise CheckpointError(
-                    f"{path} exists and is not a jopt checkpoint: it is left as it is; "
-                    "choose another directory"
-                )
+            _primary_says(lambda: self._check_replaceable(path))
             try:
                 checkpointer.save(
                     path,
@@ -197,15 +225,28 @@ class Checkpoints:
                     ),
                     force=True,
                 )
-                _seal(path)
             except OSError as e:
                 reason = e.strerror or e
                 raise CheckpointError(f"cannot write checkpoint {path}: {reason}") from None
-            self._prune()
+            _primary_says(lambda: self._finish(path))  # and the others wait for it
         return path
 
+    def _check_replaceable(self, path: Path) -> None:
+        if path.exists() and not self._ours(path):
+            raise CheckpointError(
+                f"{path} exists and is not a jopt checkpoint: it is left as it is; "
+                "choose another directory"
+            )
+
+    def _finish(self, path: Path) -> None:
+        try:
+            _seal(path)
+        except OSError as e:
+            raise CheckpointError(f"cannot write checkpoint {path}: {e.strerror or e}") from None
+        self._prune()
+
     def _prune(self) -> None:
-        ours = [e for e in self.epochs() if self._ours(self.path(e))]
+        ours = [e for e in self._epochs() if self._ours(self.path(e))]
         for epoch in ours[: max(len(ours) - self.keep, 0)]:
             doomed = self.path(epoch)
             aside = self.directory / f".{doomed.name}.deleting-{os.getpid()}"
@@ -216,15 +257,19 @@ class Checkpoints:
 
     def record(self, config: dict[str, Any], epoch: int | None = None) -> dict[str, Any]:
         """The JSON record of the checkpoint at ``epoch`` (the latest by default), checked
-        against ``config``: a ``CheckpointError`` unless readable and written by that run."""
+        against ``config``: a ``CheckpointError`` unless readable and written by that run.
+        With several processes the primary verifies and reads it, for all of them."""
         epoch = self.latest() if epoch is None else epoch
         if epoch is None:
             raise CheckpointError(f"no checkpoint in {self.directory}")
+        return _primary_says(lambda: self._record(config, epoch))
+
+    def _record(self, config: dict[str, Any], epoch: int) -> dict[str, Any]:
         where = self.path(epoch)
         _verify(where)
-        checkpointer = self._orbax()
+        self._orbax()
         try:
-            record = checkpointer.restore(
+            record = self._reader.restore(
                 where, args=self._ocp.args.Composite(record=self._ocp.args.JsonRestore())
             )["record"]
         except Exception as e:  # orbax raises many kinds; all mean "unreadable"
@@ -244,7 +289,9 @@ class Checkpoints:
         """The state saved at ``epoch`` (the latest by default) and its record.
 
         ``like`` is a state of the run restoring (its structure, shapes and dtypes are what the
-        checkpoint must hold); ``config`` must equal the saved configuration.
+        checkpoint must hold): arrays, or ``jax.ShapeDtypeStruct``s. Each array comes back
+        with the sharding of its leaf in ``like`` (one device when the leaf has none),
+        whatever devices wrote it. ``config`` must equal the saved configuration.
         """
         epoch = self.latest() if epoch is None else epoch
         if epoch is None:
@@ -258,17 +305,12 @@ class Checkpoints:
                 f"checkpoint {where} holds a different state: "
                 f"{_first_difference(record.get('leaves', []), want)}"
             )
+        here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         abstract = {
-            f"{i:04d}": jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype)
+            f"{i:04d}": jax.ShapeDtypeStruct(np.shape(x), _dtype(x), sharding=_sharding(x) or here)
             for i, x in enumerate(leaves)
         }
-        ocp = self._ocp
-        try:
-            arrays = self._orbax().restore(
-                where, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
-            )["state"]
-        except Exception as e:
-            raise UnreadableCheckpoint(f"cannot read checkpoint {where}: {_reason(e)}") from None
+        arrays = _all_agree(lambda: self._read(where, abstract))
         treedef = jax.tree.structure(like)
         state = jax.tree.unflatten(treedef, [arrays[f"{i:04d}"] for i in range(len(leaves))])
         saved_epoch = int(np.asarray(getattr(state, "epoch", epoch)))
@@ -277,6 +319,16 @@ class Checkpoints:
                 f"checkpoint {where} holds the state of epoch {saved_epoch}"
             )
         return state, record
+
+    def _read(self, where: Path, abstract: dict[str, Any]) -> dict[str, Any]:
+        self._orbax()
+        ocp = self._ocp
+        try:
+            return self._reader.restore(
+                where, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+            )["state"]
+        except Exception as e:
+            raise UnreadableCheckpoint(f"cannot read checkpoint {where}: {_reason(e)}") from None
 
     def restore_latest(
         self, like: Any, config: dict[str, Any]
@@ -294,6 +346,73 @@ class Checkpoints:
         raise UnreadableCheckpoint(
             f"no readable checkpoint in {self.directory}" + (f" ({skipped[0]})" if skipped else "")
         )
+
+
+def _sharding(leaf: Any) -> jax.sharding.Sharding | None:
+    sharding = getattr(leaf, "sharding", None)
+    return sharding if isinstance(sharding, jax.sharding.Sharding) else None
+
+
+# -- several processes: one answer for all of them ---------------------------------------------
+
+
+def _primary_says(fn: Callable[[], T]) -> T:
+    """``fn()`` on the primary process (process 0), its value on every process; its error is
+    raised on every process. With one process, just ``fn()``."""
+    if jax.process_count() == 1:
+        return fn()
+    return _agree(fn, primary_only=True)
+
+
+def _all_agree(fn: Callable[[], T]) -> T:
+    """``fn()`` on every process; an error on any of them is raised on all of them (a process
+    that failed raises its own, the others the lowest failed process's). Its value is each
+    process's own."""
+    if jax.process_count() == 1:
+        return fn()
+    return _agree(fn, primary_only=False)
+
+
+def _agree(fn: Callable[[], T], primary_only: bool) -> Any:
+    """``fn()`` where it runs, then every process learns every other's outcome: the value
+    of the primary's run (as JSON) when it runs alone, an error wherever one was raised."""
+    runs = not primary_only or jax.process_index() == 0
+    value: Any = None
+    failure: BaseException | None = None
+    said: dict[str, Any] = {}
+    if runs:
+        try:
+            value = fn()
+            said = {"value": value} if primary_only else {}
+        except Exception as e:  # shared with the others before it is raised here
+            failure = e
+            kind = type(e).__name__ if isinstance(e, CheckpointError) else None
+            said = {"error": kind, "message": str(e) if kind else _reason(e)}
+    heard = [json.loads(text) for text in _allgather(json.dumps(said))]
+    if failure is not None:
+        raise failure
+    for process, answer in enumerate(heard):
+        if "error" in answer:
+            message = answer["message"]
+            if answer["error"] is None:  # not a CheckpointError: say where it happened
+                raise CheckpointError(f"process {process}: {message}")
+            kind = UnreadableCheckpoint if answer["error"] == "UnreadableCheckpoint" else (
+                CheckpointError)
+            raise kind(message)
+    return value if runs else heard[0]["value"]
+
+
+def _allgather(text: str) -> list[str]:
+    """Every process's ``text``, in process order (two small collectives)."""
+    from jax.experimental import multihost_utils
+
+    data = np.frombuffer(text.encode(), np.uint8)
+    sizes = np.asarray(multihost_utils.process_allgather(np.int32(data.size))).reshape(-1)
+    width = max(64, 1 << int(max(sizes) - 1).bit_length())  # few shapes, few compilations
+    padded = np.zeros(width, np.uint8)
+    padded[: data.size] = data
+    rows = np.asarray(multihost_utils.process_allgather(padded))
+    return [bytes(rows[i, : sizes[i]]).decode() for i in range(len(sizes))]
 
 
 def _digests(path: Path) -> dict[str, str]:

@@ -6,6 +6,10 @@ checkpoints every few epochs and resume from them: a resumed run executes the ve
 compiled program on the very same state, so it ends bitwise equal to the run that was never
 interrupted. A :class:`Session` keeps the compiled programs of the configurations it ran, for
 as long as it lives (the command line holds one per process).
+
+With several processes (``jax.distributed``) every process calls ``run`` alike: each saves the
+shards its devices hold, and all of them resume from the same checkpoint, each array read
+straight onto the run's placement, whatever mesh wrote it.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+import jax
 import numpy as np
 
 from jopt.train.checkpoint import CheckpointError, Checkpoints, UnreadableCheckpoint
@@ -28,7 +33,7 @@ from jopt.train.recipes import make_lr_control, make_optimizer
 from jopt.train.sharding import Placement, make_mesh
 from jopt.train.steps import Trainer, TrainState, init_model
 
-__all__ = ["RunConfig", "RunResult", "Session", "check_checkpoints", "run"]
+__all__ = ["RunConfig", "RunResult", "Session", "check_checkpoints", "restore_target", "run"]
 
 
 @dataclasses.dataclass
@@ -98,6 +103,19 @@ def placement_of(config: RunConfig) -> Placement | None:
     if config.devices == 1:
         return None
     return Placement(make_mesh(config.devices), fsdp=config.fsdp)
+
+
+def restore_target(trainer: Trainer, state: TrainState) -> Any:
+    """What a checkpoint restores onto for ``trainer``: ``state``'s shapes and dtypes with the
+    shardings its placement gives (each process then reads only the shards its devices
+    hold), or ``state``'s own device without one. A checkpoint written on any mesh restores
+    onto this one."""
+    if trainer.placement is None:
+        return state
+    shardings = trainer.placement.state(trainer.optimizer, state, batched=False)
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s), state, shardings
+    )
 
 
 def check_checkpoints(checkpoints: Checkpoints, config: RunConfig, resume: bool) -> None:
@@ -194,7 +212,8 @@ def _run(
         if checkpoints.latest() is None:
             notes.append(f"no checkpoint in {checkpoints.directory}: training from epoch 0")
         else:
-            state, record, notes = checkpoints.restore_latest(state, config.resume_record())
+            target = restore_target(trainer, state)
+            state, record, notes = checkpoints.restore_latest(target, config.resume_record())
             previous = {k: list(record["history"][k]) for k in METRICS}
             resumed_from = int(state.epoch)
     callbacks: list[Any] = []
