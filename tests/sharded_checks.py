@@ -155,17 +155,19 @@ def test_sharded_update_communicates_nothing(name, mesh):
 # jopt.train over 8 devices
 # ------------------------------------------------------------------------------------------
 
-TRAIN = _table([n for n in NAMES if n not in ("lbfgs", "muon")])
+TRAIN = _table([n for n in NAMES if n != "lbfgs"])  # jopt.lbfgs is a step, not a transform
 
 
 def _fit(name, placement, epochs=13):
     from flax import nnx
 
     from jopt.train import MLP, fit, load_iris
+    from jopt.train.recipes import muon_with_adamw
 
     model = MLP(4, (16,), 3, rngs=nnx.Rngs(0))
-    return fit(model, _optimizer(name), load_iris(), epochs=epochs, batch_size=16,
-               placement=placement)
+    # Muon takes the matrices; the MLP's biases go to AdamW, as `jopt train` pairs them
+    opt = muon_with_adamw(lr=0.02) if name == "muon" else _optimizer(name)
+    return fit(model, opt, load_iris(), epochs=epochs, batch_size=16, placement=placement)
 
 
 @pytest.mark.parametrize("name", TRAIN)
@@ -273,6 +275,30 @@ def test_facade_over_sharded_parameters_matches_the_unsharded_facade(name, mesh)
             np.testing.assert_allclose(
                 np.asarray(ours["state"][index][key]), np.asarray(value), rtol=1e-4, atol=1e-5
             )
+
+
+def test_pruning_sharded_parameters_keeps_the_mask_where_they_are(mesh):
+    """``opt.prune`` over a sharded matrix: its mask is split as it is (the step stays free of
+    collectives over it), and the pruned training equals the unsharded facade's."""
+    import jopt.optim
+    import jopt.prune
+
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(4, 16)), jnp.float32)
+    plain_params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), _params())
+    mask = jopt.prune.l1_unstructured(plain_params, 0.5, where=jopt.prune.matrices)
+    sharded = jopt.optim.SGD(_placed(_params(), mesh), lr=0.01, momentum=0.9)
+    plain = jopt.optim.SGD(plain_params, lr=0.01, momentum=0.9)
+    for opt in (sharded, plain):
+        opt.prune(mask)
+    w_mask = sharded._groups[0].mask
+    assert any(getattr(m.sharding, "spec", None) == PartitionSpec("fsdp") for m in w_mask.values())
+    for _ in range(5):
+        sharded.step(_loss, x)
+        plain.step(_loss, x)
+    for a, b, m in zip(jax.tree.leaves(sharded.params), jax.tree.leaves(plain.params),
+                       jax.tree.leaves(mask)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+        assert np.all(np.asarray(a)[~np.asarray(m)] == 0)
 
 
 # ------------------------------------------------------------------------------------------
