@@ -185,7 +185,7 @@ def test_data_parallel_training_equals_one_device(name):
     )
 
 
-@pytest.mark.parametrize("name", ["adam", "sgd", "adafactor", "nadam"])
+@pytest.mark.parametrize("name", TRAIN)
 def test_fully_sharded_training_shards_state_like_parameters(name):
     from jopt.train import Placement, make_mesh
 
