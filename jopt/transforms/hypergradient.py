@@ -66,9 +66,9 @@ def scale_by_hypergradient(
     assigned), and a later injected ``lr`` is not read; ``state.count`` counts the steps.
     ``h_t`` is the derivative of the loss at ``theta_{t-1}`` with respect to the rate of the
     step that led there, with the sign flipped: ``-d f(theta_{t-1}) / d alpha_{t-1}``.
-    ``direction`` is a
-    rule before ``-lr`` (``jopt.identity()``, ``jopt.trace(...)``, ``scale_by_adam(...)``), and
-    ``g_t`` the updates this transformation receives (after weight decay, if it comes first).
+    ``direction`` is a rule before ``-lr`` (``jopt.identity()``, ``jopt.trace(...)``,
+    ``scale_by_adam(...)``), and ``g_t`` the updates this transformation receives (after weight
+    decay, if it comes first).
     The rate is kept in torch's scalar precision (float64 with jax's x64, else float32).
     Baydin et al.'s ``SGDHD``/``AdamHD`` (torch code, ``hypergrad_lr``).
     """
