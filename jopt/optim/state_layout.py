@@ -274,12 +274,12 @@ def _complex_buckets(layout: Layout) -> list[str]:
 def _is_paired(value: Any, layout: Layout) -> bool:
     """A flat buffer whose complex buckets are held as pairs of reals (a trailing axis of 2:
     how jopt's rules step complex parameters, as torch's ``view_as_real``)."""
+    paired = _complex_buckets(layout)
     return (
         isinstance(value, dict)
         and set(value) == set(layout.sizes)
         and all(
-            jnp.shape(value[k]) == (*shape, 2) if k in _complex_buckets(layout)
-            else jnp.shape(value[k]) == shape
+            jnp.shape(value[k]) == ((*shape, 2) if k in paired else shape)
             for k, shape in layout.bucket_shapes.items()
         )
     )
@@ -287,21 +287,21 @@ def _is_paired(value: Any, layout: Layout) -> bool:
 
 def _as_complex(value: Any, layout: Layout) -> Any:
     """A paired flat buffer with its complex buckets complex again: torch's complex state."""
-    if not _complex_buckets(layout) or not _is_paired(value, layout):
+    paired = _complex_buckets(layout)
+    if not paired or not _is_paired(value, layout):
         return value
     return {
-        k: jax.lax.complex(v[..., 0], v[..., 1]) if k in _complex_buckets(layout) else v
-        for k, v in value.items()
+        k: jax.lax.complex(v[..., 0], v[..., 1]) if k in paired else v for k, v in value.items()
     }
 
 
 def _as_pairs(flat: Any, like: Any, layout: Layout) -> Any:
     """A flat buffer in the form of ``like``: complex buckets as pairs of reals if it has them."""
-    if not _complex_buckets(layout) or not _is_paired(like, layout):
+    paired = _complex_buckets(layout)
+    if not paired or not _is_paired(like, layout):
         return flat
     return {
-        k: jnp.stack([v.real, v.imag], -1).astype(like[k].dtype)
-        if k in _complex_buckets(layout) else v
+        k: jnp.stack([v.real, v.imag], -1).astype(like[k].dtype) if k in paired else v
         for k, v in flat.items()
     }
 

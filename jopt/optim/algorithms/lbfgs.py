@@ -25,17 +25,13 @@ from jopt.optim.lifting import FnKey
 from jopt.optim.optimizer import Optimizer, takes_no_arguments
 from jopt.optim.state_dict import match
 from jopt.optimizers.lbfgs import ravel
+from jopt.prune import apply_mask
 from jopt.transforms.lbfgs import LbfgsState
 
 __all__ = ["LBFGS"]
 
 _STATIC = ("max_iter", "max_eval", "history_size", "line_search_fn")
 _DYNAMIC = ("lr", "tolerance_grad", "tolerance_change")
-
-
-def _masked(vector: jax.Array, mask: jax.Array) -> jax.Array:
-    """``vector`` with zeros where ``mask`` is False (a select: a NaN there does not leak)."""
-    return jnp.where(mask, vector, jnp.zeros((), vector.dtype))
 
 
 def _vector(leaves: list[Any]) -> jax.Array:
@@ -144,7 +140,7 @@ class LBFGS(Optimizer):
         Pruned: ``x`` is torch's ``weight_orig``, and what is stored (what the loss sees) is
         ``weight_orig * weight_mask``."""
         g = self._groups[0]
-        leaves = _leaves(x if mask is None else _masked(x, mask), g.layout)
+        leaves = _leaves(x if mask is None else apply_mask(x, mask), g.layout)
         return (g.layout.flatten_leaves(leaves), None) if g.flat is not None else (None, leaves)
 
     def step(self, closure: Any = None, *args: Any, has_aux: bool = False, **kwargs: Any) -> Any:
@@ -218,7 +214,7 @@ class LBFGS(Optimizer):
             opt = self.functional(**dict(static), **hps)
             mask = self._mask_vector(mask)
             grad = _vector(g.layout.unflatten_leaves(grads))
-            run = opt.tick(run, loss, grad if mask is None else _masked(grad, mask))
+            run = opt.tick(run, loss, grad if mask is None else apply_mask(grad, mask))
             # The parameters hold the next trial point, or the new iterate at the end.
             flat, leaves = self._stored(jnp.where(run.done, run.x, run.x_eval), mask)
             return run, run.done, flat, leaves
@@ -258,10 +254,10 @@ class LBFGS(Optimizer):
                 def objective(leaves):
                     return self._loss(fn, has_aux, bindings, [leaves], carried, args, kwargs)
 
-                trial = _leaves(x if mask is None else _masked(x, mask), g.layout)
+                trial = _leaves(x if mask is None else apply_mask(x, mask), g.layout)
                 (loss, (aux, carried)), grads = jax.value_and_grad(objective, has_aux=True)(trial)
                 grad = _vector(grads)
-                return loss, grad if mask is None else _masked(grad, mask), carried, aux
+                return loss, grad if mask is None else apply_mask(grad, mask), carried, aux
 
             x, state, loss, aux, carried = opt.run(evaluate, self._x(flat, leaves, offsets), state,
                                                    carried)  # fmt: skip
